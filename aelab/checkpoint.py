@@ -1,0 +1,113 @@
+"""Checkpoints: safetensors for every tensor, JSON for everything else, written atomically.
+
+Nothing here unpickles: a checkpoint is one safetensors file whose metadata holds a JSON document
+(step, epoch, history, optimiser hyper-parameters, the run config), so loading a planted file can at
+worst fail, never run code. One file per checkpoint makes the write atomic: temp file in the same
+folder, flush, fsync, rename, so a kill at any moment leaves either the old or the new checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as st_save
+
+from .errors import CheckpointError
+
+META_KEY = "aelab"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; the previous file is untouched") from None
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, text.encode())
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Tensors (made contiguous, on the CPU) plus a JSON document, as one safetensors file."""
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(path, st_save(flat, metadata={META_KEY: json.dumps(meta)}))
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and JSON document of a file written by `save_tensors`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise CheckpointError(f"{path} is not a safetensors file written by aelab ({e}); "
+                              "aelab never unpickles weights: re-create it with aelab") from None
+
+
+def save_model(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    save_tensors(path, model.state_dict(), meta)
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path | str) -> None:
+    """Load weights, turning any key or shape mismatch into one clear line."""
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        raise CheckpointError(f"{path} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]} "
+                              "(a checkpoint of another model or config?)")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise CheckpointError(f"{path}: '{k}' has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    model.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------- optimiser state
+
+
+def optimizer_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser's state_dict into tensors (for safetensors) and JSON (the rest)."""
+    sd = opt.state_dict()
+    tensors, plain = {}, {}
+    for pid, slots in sd["state"].items():
+        for key, val in slots.items():
+            if torch.is_tensor(val):
+                tensors[f"opt.{name}.{pid}.{key}"] = val
+            else:
+                plain.setdefault(str(pid), {})[key] = val
+    return tensors, {"param_groups": sd["param_groups"], "plain": plain}
+
+
+def load_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    prefix = f"opt.{name}."
+    for key, val in tensors.items():
+        if key.startswith(prefix):
+            pid, slot = key[len(prefix):].split(".", 1)
+            state.setdefault(int(pid), {})[slot] = val
+    for pid, slots in doc.get("plain", {}).items():
+        state.setdefault(int(pid), {}).update(slots)
+    opt.load_state_dict({"state": state, "param_groups": doc["param_groups"]})

@@ -1,0 +1,134 @@
+"""The `aelab` command. Each subcommand parses its arguments and calls one library function.
+
+Errors a user can cause (`AelabError`) print one line and exit 2; no traceback.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+import click
+
+from .errors import AelabError
+
+
+def _split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """`[CONFIG.toml] [key=value ...]` -> (config file or None, overrides)."""
+    if args and "=" not in args[0]:
+        return args[0], list(args[1:])
+    return None, list(args)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="aelab")
+def cli() -> None:
+    """aelab: train, compare and use autoencoders."""
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+@click.option("--force", is_flag=True, help="Overwrite an existing run folder of the same name.")
+@click.option("--resume", "resume_dir", type=click.Path(), help="Continue a stopped run from its checkpoint.")
+def train(args: tuple[str, ...], force: bool, resume_dir: str | None) -> None:
+    """Train a model: aelab train [CONFIG.toml] [key=value ...]  (e.g. model=conv data=fashion-mnist)."""
+    from . import runs
+
+    if resume_dir:
+        if args:
+            raise click.UsageError("--resume takes no config or overrides: the run's config.json is used")
+        path = runs.resume(resume_dir)
+    else:
+        config_file, overrides = _split_args(args)
+        path = runs.train(config_file=config_file, overrides=overrides, force=force)
+    _print_summary(path)
+
+
+def _print_summary(path: Path) -> None:
+    metrics = json.loads((path / "metrics.json").read_text())
+    shown = {k: v for k, v in metrics.items() if k.startswith("test.") and isinstance(v, float)}
+    click.echo("  ".join(f"{k}={v:.5g}" for k, v in shown.items()))
+    click.echo(f"run: {path}\nreport: {path / 'report.html'}")
+
+
+@cli.command(name="eval", context_settings={"ignore_unknown_options": True})
+@click.argument("run_dir", type=click.Path())
+@click.argument("overrides", nargs=-1)
+def eval_(run_dir: str, overrides: tuple[str, ...]) -> None:
+    """Re-measure a finished run on its data (e.g. eval.iw_samples=1000); writes RUN_DIR/eval.json."""
+    from .runs import evaluate_run
+
+    metrics = evaluate_run(run_dir, list(overrides))
+    for k, v in metrics.items():
+        click.echo(f"{k:24s} {v:.6g}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--index", type=click.Path(), help="Also write a page comparing the runs here.")
+def report(run_dirs: tuple[str, ...], index: str | None) -> None:
+    """Rebuild report.html of each run from its artifacts (no training)."""
+    from .report import write_index, write_report
+
+    for d in run_dirs:
+        click.echo(write_report(d))
+    if index:
+        click.echo(write_index([Path(d) for d in run_dirs], Path(index)))
+
+
+@cli.command()
+def models() -> None:
+    """List every registered model with its config fields and defaults."""
+    from .models import get_model_class, model_names
+
+    for name in model_names():
+        cls = get_model_class(name)
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        click.echo(f"{name}: {doc}")
+        hints = typing.get_type_hints(cls.Config)
+        for f in dataclasses.fields(cls.Config):
+            if f.name != "name":
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                click.echo(f"    model.{f.name} = {default!r}  ({_type_name(hints[f.name])})")
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return " | ".join(map(str, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(), default=None, help="Also look in this folder.")
+def data(data_dir: str | None) -> None:
+    """List every data set: where it was found, or the command that gets it."""
+    from .data import describe_datasets
+
+    for row in describe_datasets(data_dir):
+        where = row.get("found") or row.get("hint") or ""
+        click.echo(f"{row['name']:14s} {'yes' if row.get('available') else 'no ':3s}  {where}")
+
+
+@cli.command()
+@click.option("--out", type=click.Path(), default="runs/demo", help="Where the demo writes its runs.")
+def demo(out: str) -> None:
+    """Train a conv autoencoder and a VAE on the embedded digits; write one report."""
+    from .demo import run_demo
+
+    click.echo(f"report: {run_demo(Path(out))}")
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except AelabError as e:
+        click.echo(f"aelab: error: {e}", err=True)
+        sys.exit(e.exit_code)

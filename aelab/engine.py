@@ -1,0 +1,303 @@
+"""The training engine: `fit`, `evaluate` and `encode_all` for any registered model.
+
+This is the one place that knows about devices, autocast, compilation, optimisers, schedules,
+checkpoints and progress. It never branches on the model's type (STYLE 5): a model lists its
+players (`model.players()`), and each player gets its own optimiser and steps on its own schedule,
+minimising `model(batch, player)["loss"]`. The hot loop makes no host sync: losses are summed in
+device tensors and read once per epoch (and once per progress interval when a bar is shown).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .config import DataConfig, TrainConfig
+from .data.augment import augment, corrupt
+from .data.device import DeviceData
+from .errors import AelabError
+from .progress import Progress
+from . import checkpoint as ckpt
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+class TrainingDiverged(AelabError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(AelabError):
+    """SIGINT/SIGTERM: a checkpoint was written and the run can be resumed."""
+
+    exit_code = 130
+
+
+@dataclass
+class FitState:
+    """Everything besides tensors that a resumed run needs to continue exactly."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # engine steps completed
+    best: float = math.inf  # best validation loss (early stopping)
+    bad_epochs: int = 0
+    skipped: int = 0  # non-finite steps skipped (train.max_bad_steps)
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    """The schedule as a pure function of the step, so resuming needs no scheduler state."""
+    t = min(step / max(total, 1), 1.0)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "onecycle":  # 30% linear warm-up from lr/25, then cosine down to lr/1e4
+        if t < 0.3:
+            return cfg.lr * (0.04 + 0.96 * t / 0.3)
+        return cfg.lr * (1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * (t - 0.3) / 0.7)))
+    return cfg.lr
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
+    kw = {"fused": True} if fused else {}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
+
+
+def prepare(batch: dict[str, torch.Tensor], cfg: TrainConfig, aug: DataConfig | None,
+            gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Augment the clean images (the target too), then corrupt what the model sees."""
+    if aug is not None and (aug.rotate or aug.shift or aug.hflip):
+        batch["x"] = augment(batch["x"], aug.rotate, aug.shift, aug.hflip, gen)
+    batch["x_in"] = corrupt(batch["x"], cfg.corrupt, cfg.corrupt_level, gen)
+    return batch
+
+
+class _Stepper:
+    """One engine step: each player whose turn it is takes its optimiser steps."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+        self.model, self.cfg = model, cfg
+        self.players = model.players()
+        fused = device.type == "cuda"
+        self.opts = {p.name: make_optimizer(p.params, cfg, fused) for p in self.players}
+        amp = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
+        self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+        self.prefix = len(self.players) > 1
+        self.sync_check = cfg.max_bad_steps > 0 or cfg.grad_clip > 0
+
+    def set_lr(self, lr: float) -> None:
+        for p in self.players:
+            for g in self.opts[p.name].param_groups:
+                g["lr"] = lr * p.lr_scale
+
+    def __call__(self, batch: dict[str, torch.Tensor], step: int, state: FitState) -> dict[str, torch.Tensor]:
+        logged: dict[str, torch.Tensor] = {}
+        for p in self.players:
+            if step % p.every:
+                continue
+            for _ in range(p.steps):
+                with self.autocast():
+                    out = self.model(batch, p.name)
+                self.model.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                if self._finite_or_skip(p.params, out, step, state):
+                    self.opts[p.name].step()
+            for k, v in out.items():
+                logged[f"{p.name}.{k}" if self.prefix else k] = v.detach().float()
+        return logged
+
+    def _finite_or_skip(self, params: list, out: dict, step: int, state: FitState) -> bool:
+        """Clip, and with train.max_bad_steps skip non-finite steps (this check syncs with the host)."""
+        if not self.sync_check:
+            return True
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or math.inf)
+        if self.cfg.max_bad_steps and not bool(torch.isfinite(norm) & torch.isfinite(out["loss"])):
+            state.skipped += 1
+            if state.skipped > self.cfg.max_bad_steps:
+                raise _diverged(step, out, f"after skipping {self.cfg.max_bad_steps} non-finite steps")
+            return False
+        return True
+
+
+def _diverged(step: int, terms: dict[str, Any], extra: str = "") -> TrainingDiverged:
+    shown = ", ".join(f"{k}={float(torch.as_tensor(v).detach()):.4g}" for k, v in terms.items())
+    return TrainingDiverged(f"training diverged at step {step} {extra}({shown}); the last good checkpoint "
+                            "is untouched: lower train.lr, set train.grad_clip, or train.max_bad_steps")
+
+
+def fit(model: torch.nn.Module, train: DeviceData, cfg: TrainConfig | None = None, *,
+        val: DeviceData | None = None, seed: int = 0, augment: DataConfig | None = None,
+        run_dir: str | Path | None = None, resume: bool = False, meta: dict | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
+    """Train `model` on `train`; returns the per-epoch history. With `run_dir`, checkpoints every epoch."""
+    cfg = cfg or TrainConfig()
+    cfg.check()
+    device = train.device
+    model.to(device).train()
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)  # only 4-D (conv) weights change
+    stepper, state = _Stepper(model, cfg, device), FitState()
+    path = Path(run_dir) / CHECKPOINT if run_dir else None
+    best_weights = None
+    if resume:
+        best_weights = load_checkpoint(path, model, stepper.opts, state)
+    if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"):
+        model.compile()  # in place: state_dict keys stay clean (STYLE 4)
+    bsz = min(cfg.batch_size, len(train))
+    per_epoch = len(train) // bsz  # drop the ragged last batch: static shapes for compile
+    total = cfg.epochs * per_epoch
+    gen = torch.Generator(device)
+    progress = Progress(cfg.progress, cfg.epochs, per_epoch, bsz)
+    with _Signals() as signals:
+        for epoch in range(state.epoch, cfg.epochs):
+            gen.manual_seed(seed * 1_000_003 + epoch)  # a pure function of (seed, epoch): resumable
+            perm = torch.randperm(len(train), generator=gen, device=device)
+            sums: dict[str, torch.Tensor] = {}
+            first_bad = torch.full((), -1, device=device)
+            t0 = time.perf_counter()
+            progress.start_epoch(epoch)
+            for i in range(per_epoch):
+                stepper.set_lr(lr_at(cfg, state.step, total))
+                batch = prepare(train.batch(perm[i * bsz:(i + 1) * bsz]), cfg, augment, gen)
+                out = stepper(batch, state.step, state)
+                for k, v in out.items():
+                    sums[k] = sums[k] + v if k in sums else v
+                bad = ~torch.isfinite(torch.stack(list(out.values()))).all()
+                first_bad = torch.where(bad & (first_bad < 0), state.step, first_bad)
+                state.step += 1
+                progress.step(i, sums)
+                if signals.caught:
+                    break
+            if signals.caught:  # the epoch is incomplete: its steps are lost, the last checkpoint stands
+                raise TrainingInterrupted(_resume_hint(run_dir, signals.caught, state))
+            row = {"epoch": epoch + 1, "step": state.step, "lr": lr_at(cfg, state.step - 1, total)}
+            row.update({f"train.{k}": float(v) / per_epoch for k, v in sums.items()})
+            if int(first_bad) >= 0 and not cfg.max_bad_steps:
+                raise _diverged(int(first_bad), {k: row[k] for k in row if k.startswith("train.")})
+            seconds = time.perf_counter() - t0
+            row.update(time=seconds, samples_per_s=per_epoch * bsz / seconds, skipped=state.skipped)
+            if val is not None:
+                row.update({f"val.{k}": v for k, v in evaluate(model, val).items()})
+                best_weights = _early_stop(model, cfg, state, row, best_weights)
+            state.history.append(row)
+            state.epoch = epoch + 1
+            progress.end_epoch(row)
+            if path is not None:
+                save_checkpoint(path, model, stepper.opts, state, best_weights, meta or {})
+            if on_epoch:
+                on_epoch(row)
+            if state.stopped_early:
+                break
+    progress.close()
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+    return state.history
+
+
+def _early_stop(model, cfg: TrainConfig, state: FitState, row: dict, best_weights):
+    """Track the best validation loss; with train.patience, stop after that many epochs without gain."""
+    loss = row.get("val.loss", math.inf)
+    if loss < state.best:
+        state.best, state.bad_epochs = loss, 0
+        return {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.patience else None
+    state.bad_epochs += 1
+    state.stopped_early = bool(cfg.patience) and state.bad_epochs >= cfg.patience
+    return best_weights
+
+
+def _resume_hint(run_dir, signum: int, state: FitState) -> str:
+    name = signal.Signals(signum).name
+    if run_dir is None:
+        return f"interrupted by {name} after {state.epoch} epochs"
+    return (f"interrupted by {name}; checkpoint of epoch {state.epoch} kept: "
+            f"resume with `aelab train --resume {run_dir}`")
+
+
+class _Signals:
+    """Turn SIGINT/SIGTERM into a flag the loop checks after each step (main thread only)."""
+
+    def __enter__(self):
+        self.caught, self.saved = 0, {}
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.saved[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread: leave the handlers alone
+            pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.caught = signum
+
+    def __exit__(self, *exc):
+        for s, h in self.saved.items():
+            signal.signal(s, h)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, model, opts: dict, state: FitState, best_weights, meta: dict) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    if best_weights is not None:
+        tensors.update({f"best.{k}": v for k, v in best_weights.items()})
+    opt_docs = {}
+    for name, opt in opts.items():
+        t, opt_docs[name] = ckpt.optimizer_tensors(name, opt)
+        tensors.update(t)
+    ckpt.save_tensors(path, tensors, {"state": asdict(state), "optimizers": opt_docs, **meta})
+
+
+def load_checkpoint(path: Path, model, opts: dict, state: FitState):
+    """Restore weights, optimisers, RNG and loop state in place; returns the best weights, if kept."""
+    tensors, doc = ckpt.load_tensors(path)
+    ckpt.load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    for name, opt in opts.items():
+        if name not in doc.get("optimizers", {}):
+            raise ckpt.CheckpointError(f"{path} has no optimiser state for player '{name}'")
+        ckpt.load_optimizer(name, opt, tensors, doc["optimizers"][name])
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    for k, v in doc["state"].items():
+        setattr(state, k, v)
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    return best or None
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, data: DeviceData, batch_size: int = 1024) -> dict[str, float]:
+    """Means over `data` of `model.metrics(batch)`, on clean inputs, in eval mode; one sync at the end."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    for start in range(0, len(data), batch_size):
+        batch = data.batch(slice(start, start + batch_size))
+        n = batch["x"].shape[0]
+        for k, v in model.metrics(batch).items():
+            sums[k] = sums[k] + v * n if k in sums else v * n
+    model.train(was_training)
+    return {k: float(v) / len(data) for k, v in sums.items()}
+
+
+@torch.inference_mode()
+def encode_all(model: torch.nn.Module, data: DeviceData, batch_size: int = 1024) -> torch.Tensor:
+    """Codes of every image in `data`, (N, latent_dim), on the host."""
+    was_training = model.training
+    model.eval()
+    codes = [model.encode(data.batch(slice(s, s + batch_size))["x"]).float() for s in range(0, len(data), batch_size)]
+    model.train(was_training)
+    return torch.cat(codes).cpu()

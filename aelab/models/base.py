@@ -1,0 +1,144 @@
+"""The contract every aelab model keeps, and the registry that finds models by name.
+
+A model owns its losses; the engine owns the loop (STYLE 5). A batch is a dict of device tensors:
+  "x"    clean images, float in [0, 1], (B, C, H, W)
+  "x_in" what the model sees: `x` corrupted for denoising, else `x` itself
+  "y"    int64 labels (B,), -1 where the label is hidden (few-label training)
+`forward(batch, player)` returns a dict of scalar tensors with "loss" (what `player` minimises) and
+any other terms to log; all are means over the batch, reconstruction terms per image (nats for BCE).
+A model with several players (a GAN, an adversarial decoder) lists them in `players()`; the engine
+gives each its own optimiser and steps it on its own schedule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import losses
+from ..config import ModelConfig
+from ..errors import ConfigError
+
+_REGISTRY: dict[str, type["Autoencoder"]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a model available by `name` to the CLI, configs, checkpoints and tests."""
+
+    def wrap(cls: type[Autoencoder]) -> type[Autoencoder]:
+        if name in _REGISTRY:
+            raise ValueError(f"model '{name}' is registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_model_class(name: str) -> type["Autoencoder"]:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model '{name}'; choose one of: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def model_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(cfg: ModelConfig | str, input_shape: tuple[int, int, int], num_classes: int = 10) -> "Autoencoder":
+    """A fresh model for images of `input_shape` (C, H, W); `cfg` may be a name for the defaults."""
+    if isinstance(cfg, str):
+        cls = get_model_class(cfg)
+        cfg = cls.Config(name=cfg)
+    cls = get_model_class(cfg.name)
+    cfg.check()
+    return cls(cfg, tuple(input_shape), num_classes)
+
+
+@dataclass
+class Player:
+    """One trainer of a multi-player model: its parameters and how often it steps."""
+
+    name: str
+    params: list[nn.Parameter] = field(repr=False)
+    every: int = 1  # takes its turn on every `every`-th engine step
+    steps: int = 1  # optimiser steps per turn
+    lr_scale: float = 1.0  # its learning rate relative to train.lr
+
+
+@dataclass
+class AEConfig(ModelConfig):
+    """Fields shared by the autoencoders."""
+
+    latent_dim: int = 30
+    recon: Literal["bce", "mse"] = "bce"  # reconstruction loss on the decoder's logits
+
+    def check(self) -> None:
+        if self.latent_dim <= 0:
+            raise ConfigError("model.latent_dim must be > 0")
+
+
+class Autoencoder(nn.Module):
+    """Base class: subclasses build `encoder`/`decoder` (or override `encode`/`decode`)."""
+
+    Config = AEConfig
+    name = "?"
+
+    def __init__(self, cfg: AEConfig, input_shape: tuple[int, int, int], num_classes: int = 10):
+        super().__init__()
+        self.cfg, self.input_shape, self.num_classes = cfg, tuple(input_shape), num_classes
+
+    # -- the three calls every model answers
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> codes (B, latent_dim)."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Codes (B, latent_dim) -> logits (B, C, H, W); sigmoid gives the image."""
+        return self.decoder(z)
+
+    def forward(self, batch: dict[str, torch.Tensor], player: str = "model") -> dict[str, torch.Tensor]:
+        z = self.encode(batch["x_in"])
+        recon = self.recon_loss(self.decode(z), batch["x"])
+        return {"loss": recon + self.penalty(z), "recon": recon}
+
+    # -- hooks a variant overrides instead of copying forward (STYLE 10)
+    def penalty(self, z: torch.Tensor) -> torch.Tensor:
+        """An extra term on the codes (sparsity); zero for a plain autoencoder."""
+        return z.new_zeros(())
+
+    def recon_loss(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-image reconstruction loss, mean over the batch."""
+        fn = losses.bce_logits if self.cfg.recon == "bce" else losses.mse_logits
+        return fn(logits, x).mean()
+
+    def players(self) -> list[Player]:
+        return [Player("model", list(self.parameters()))]
+
+    def pretrain_stages(self) -> list[nn.Module]:
+        """Greedy layer-wise pretraining: modules to train in order, before the whole model.
+
+        Each stage keeps the model contract (`forward(batch, player)` -> dict with "loss",
+        `players()`, `metrics(batch)`) and shares its parameters with this model, so training the
+        stages in turn initialises it. Empty (the default) when the model has no such stages or
+        pretraining is switched off in its config.
+        """
+        return []
+
+    # -- evaluation
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the reconstruction of clean images (the mean code for stochastic encoders)."""
+        return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Batch means of the evaluation metrics: the training terms plus MSE per pixel, BCE per image."""
+        out = {k: v.float() for k, v in self.forward(batch).items()}
+        logits = self.reconstruct(batch["x"]).float()
+        out["mse"] = F.mse_loss(torch.sigmoid(logits), batch["x"])
+        out["bce"] = losses.bce_logits(logits, batch["x"]).mean()
+        return out

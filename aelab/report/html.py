@@ -1,0 +1,364 @@
+"""Self-contained HTML pages built only from a run folder's artifacts; nothing here trains or plots.
+
+A run folder (written by the engine and the studies) holds:
+
+    config.json      the resolved run config (nested dict)
+    metrics.json     metric name -> number, a {"mean", "std", "ci95", "n"} summary or a nested
+                     group; "meta" holds seed, aelab_version, git_commit, device, train_seconds, started
+    history.jsonl    one JSON dict per epoch
+    figures/         *.png and *.gif drawn by aelab.report.plots
+
+`write_report(run_dir)` turns them into run_dir/report.html with every figure embedded as a base64
+data URI, so the single file can be mailed, archived or opened offline. `write_index(run_dirs, out)`
+writes one page comparing runs, a row each, linked to their reports. Only config.json is required;
+any other artifact may be missing (a run killed early) and the page says so.
+
+    python -c "from aelab.report import write_report; print(write_report('runs/conv-digits'))"
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from ..errors import CheckpointError
+
+# Figures a run usually draws, in the order a reader wants them; any others follow alphabetically.
+PREFERRED_FIGURES = ("recon_grid", "loss_curves", "codes_pca", "codes_tsne", "prior_samples", "interpolation")
+_FIGURE_TYPES = {".png": "image/png", ".gif": "image/gif"}
+_CAPTION_WORDS = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP", "mse": "MSE", "vae": "VAE", "2d": "2-D"}
+_META_FIELDS = (  # (key in metrics["meta"], how the page says it)
+    ("seed", "seed {}"),
+    ("aelab_version", "aelab {}"),
+    ("git_commit", "commit {}"),
+    ("device", "on {}"),
+    ("train_seconds", "trained in {} s"),
+    ("started", "started {}"),
+)
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;max-width:1100px;
+ margin:2em auto;padding:0 1em}
+h1{margin:0 0 .2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.meta{color:#666;margin:0}.empty{color:#888;font-style:italic}
+table{border-collapse:collapse;margin:.5em 0}
+th,td{border-bottom:1px solid #e4e4e4;padding:.25em .9em;text-align:left;vertical-align:top}
+th{background:#f6f6f6;position:sticky;top:0}td.num{text-align:right;font-variant-numeric:tabular-nums}
+code{font-size:92%}.scroll{max-height:28em;overflow:auto;display:inline-block}
+figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#555;margin-top:.3em}
+"""
+
+
+class _Html(str):
+    """Text that is already HTML (a link built here): table cells pass it through unescaped."""
+
+
+@dataclass
+class _Run:
+    """Everything a page shows about one run, read from its folder."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]  # without "meta"
+    meta: dict[str, Any]
+    history: list[dict[str, Any]] | None  # None: no history.jsonl
+    skipped_lines: int  # unreadable history lines (a run killed mid-write)
+    figures: list[Path]
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.path.name)
+
+    def section(self, key: str) -> str:
+        """config[key]["name"], e.g. the model or data name, or "" when absent."""
+        value = self.config.get(key)
+        return str(value.get("name", "")) if isinstance(value, dict) else str(value or "")
+
+
+# ----------------------------------------------------------------------------- reading artifacts
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    """The JSON in `path`, `default` when the file is missing; CheckpointError when it is corrupt."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err})") from err
+
+
+def _read_history(path: Path) -> tuple[list[dict[str, Any]] | None, int]:
+    """The per-epoch dicts of history.jsonl and how many lines could not be read."""
+    if not path.is_file():
+        return None, 0
+    rows, skipped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a killed run: keep the rest
+            skipped += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            skipped += 1
+    return rows, skipped
+
+
+def _figure_key(path: Path) -> tuple[int, str]:
+    stem = path.stem
+    rank = PREFERRED_FIGURES.index(stem) if stem in PREFERRED_FIGURES else len(PREFERRED_FIGURES)
+    return rank, stem
+
+
+def _read_run(run_dir: str | Path) -> _Run:
+    """Read a run folder; CheckpointError when it is missing or has no config.json."""
+    path = Path(run_dir)
+    config = _read_json(path / "config.json", None) if path.is_dir() else None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not an aelab run folder (no config.json)")
+    metrics = _read_json(path / "metrics.json", {})
+    if not isinstance(metrics, dict):
+        kind = type(metrics).__name__
+        raise CheckpointError(f"{path / 'metrics.json'} must hold a JSON object, not a {kind}")
+    metrics = dict(metrics)
+    meta = metrics.pop("meta", None)
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    meta.setdefault("seed", config.get("seed"))
+    history, skipped = _read_history(path / "history.jsonl")
+    figures_dir = path / "figures"
+    figures = [p for p in figures_dir.glob("*") if p.suffix.lower() in _FIGURE_TYPES and p.is_file()]
+    return _Run(path, config, metrics, meta, history, skipped, sorted(figures, key=_figure_key))
+
+
+# ----------------------------------------------------------------------------- formatting values
+
+
+def _is_summary(value: Any) -> bool:
+    """A metric summarised over seeds: {"mean": .., "std": .., "ci95": [lo, hi], "n": ..}."""
+    return isinstance(value, dict) and _is_number(value.get("mean"))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def format_number(value: int | float) -> str:
+    """4 significant digits for floats; integers (epochs, counts) exactly."""
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+def format_value(value: Any) -> str:
+    """Plain text for a metric or config value: numbers to 4 digits, summaries as `mean ± std [lo, hi]`."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if _is_number(value):
+        return format_number(value)
+    if _is_summary(value):
+        text = format_number(value["mean"])
+        if _is_number(value.get("std")):
+            text += f" ± {format_number(value['std'])}"
+        ci = value.get("ci95")
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(map(_is_number, ci)):
+            text += f" [{format_number(ci[0])}, {format_number(ci[1])}]"
+        if _is_number(value.get("n")):
+            text += f" (n={format_number(value['n'])})"
+        return text
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _flatten(tree: Mapping[str, Any], keep_summaries: bool, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts as (dotted.key, leaf) pairs in file order; summaries stay leaves when asked."""
+    pairs = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not (keep_summaries and _is_summary(value)):
+            pairs += _flatten(value, keep_summaries, f"{name}.")
+        else:
+            pairs.append((name, value))
+    return pairs
+
+
+def _cell(value: Any, tag: str = "td") -> str:
+    """One escaped table cell; numbers and summaries right-aligned."""
+    if isinstance(value, _Html):
+        return f"<{tag}>{value}</{tag}>"
+    numeric = _is_number(value) or _is_summary(value)
+    attr = ' class="num"' if numeric and tag == "td" else ""
+    return f"<{tag}{attr}>{escape(format_value(value))}</{tag}>"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    head = "".join(_cell(h, "th") for h in header)
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>\n" for row in rows)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
+
+
+def _empty(text: str) -> str:
+    return f'<p class="empty">{escape(text)}</p>'
+
+
+# ----------------------------------------------------------------------------- report sections
+
+
+def caption(path: str | Path) -> str:
+    """A figure's caption from its file name: recon_grid.png -> "Recon grid", codes_tsne -> "Codes t-SNE"."""
+    words = Path(path).stem.replace("-", "_").split("_")
+    text = " ".join(_CAPTION_WORDS.get(w.lower(), w) for w in words if w)
+    return text[:1].upper() + text[1:]
+
+
+def _meta_line(run: _Run) -> str:
+    """model · data, then seed · aelab version · commit · ...: what a reader needs to reproduce it."""
+    parts = [f"{key} {run.section(key)}" for key in ("model", "data") if run.section(key)]
+    for key, template in _META_FIELDS:
+        value = run.meta.get(key)
+        if value is None or value == "":
+            continue
+        text = format_value(value)
+        parts.append(template.format(text[:12] if key == "git_commit" else text))
+    return f'<p class="meta">{escape(" · ".join(parts))}</p>' if parts else ""
+
+
+def _metrics_section(run: _Run) -> str:
+    rows = _flatten(run.metrics, keep_summaries=True)
+    return "<h2>Metrics</h2>\n" + (_table(("metric", "value"), rows) if rows else _empty("no metrics"))
+
+
+def _figure(path: Path) -> str:
+    """One figure embedded as a data URI, so the page needs no other file."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    mime = _FIGURE_TYPES[path.suffix.lower()]
+    text = escape(caption(path))
+    return (
+        f'<figure id="{escape(path.stem)}"><img src="data:{mime};base64,{data}" alt="{text}">'
+        f"<figcaption>{text}</figcaption></figure>"
+    )
+
+
+def _figures_section(run: _Run) -> str:
+    body = "\n".join(_figure(p) for p in run.figures) if run.figures else _empty("no figures")
+    return "<h2>Figures</h2>\n" + body
+
+
+def _history_section(run: _Run) -> str:
+    if not run.history:
+        return "<h2>History</h2>\n" + _empty("no history")
+    columns: dict[str, None] = {}
+    for row in run.history:
+        columns.update(dict.fromkeys(row))
+    rows = [[row.get(c) for c in columns] for row in run.history]
+    note = f" ({run.skipped_lines} unreadable lines skipped)" if run.skipped_lines else ""
+    return (
+        f"<h2>History</h2>\n<p>{len(rows)} epochs{escape(note)}</p>\n"
+        f'<div class="scroll">{_table(list(columns), rows)}</div>'
+    )
+
+
+def _config_section(run: _Run) -> str:
+    # Dotted keys, exactly as a command-line override names them (model.code_dim=16).
+    rows = [
+        (key, _Html(f"<code>{escape(json.dumps(value, ensure_ascii=False))}</code>"))
+        for key, value in _flatten(run.config, keep_summaries=False)
+    ]
+    return "<h2>Config</h2>\n" + _table(("key", "value"), rows)
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder and os.replace: a reader never sees half a page.
+
+    Not checkpoint.atomic_write: that module imports torch, and rendering a report should not.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- public pages
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write run_dir/report.html from the run's artifacts alone and return its path.
+
+    Raises CheckpointError when `run_dir` is missing, has no config.json, or holds corrupt JSON.
+    """
+    run = _read_run(run_dir)
+    body = "\n".join(
+        (
+            f"<h1>{escape(run.name)}</h1>",
+            _meta_line(run),
+            _metrics_section(run),
+            _figures_section(run),
+            _history_section(run),
+            _config_section(run),
+        )
+    )
+    out = run.path / "report.html"
+    _write_atomic(out, _page(f"aelab run: {run.name}", body))
+    return out
+
+
+def _index_columns(runs: Sequence[_Run]) -> list[str]:
+    """The union of the runs' top-level numeric (or summarised) metrics, in first-seen order."""
+    columns: dict[str, None] = {}
+    for run in runs:
+        columns.update({k: None for k, v in run.metrics.items() if _is_number(v) or _is_summary(v)})
+    return list(columns)
+
+
+def write_index(run_dirs: Sequence[str | Path], out: str | Path, write_reports: bool = True) -> Path:
+    """Write one page comparing runs, a row each: name (linked to its report), model, data, metrics.
+
+    Links are relative to `out`, so the folder tree can be moved or served as it is. With
+    `write_reports` each run's report.html is (re)written first, so no link is dead or stale.
+    """
+    out = Path(out)
+    runs = [_read_run(d) for d in run_dirs]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    columns = _index_columns(runs)
+    rows = []
+    for run in runs:
+        report = write_report(run.path) if write_reports else run.path / "report.html"
+        href = quote(Path(os.path.relpath(report, out.parent)).as_posix())
+        link = _Html(f'<a href="{escape(href)}">{escape(run.name)}</a>')
+        fixed = [link, run.section("model"), run.section("data"), run.meta.get("seed")]
+        rows.append(fixed + [run.metrics.get(c) for c in columns])
+    header = ["run", "model", "data", "seed", *columns]
+    body = f"<h1>aelab runs</h1>\n<p class=\"meta\">{len(runs)} run{'' if len(runs) == 1 else 's'}</p>\n"
+    body += _table(header, rows) if runs else _empty("no runs")
+    _write_atomic(out, _page("aelab runs", body))
+    return out

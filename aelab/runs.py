@@ -1,0 +1,157 @@
+"""Run folders: train a model from a config into `runs/<name>/`, resume one, load one back.
+
+A run folder holds everything anyone needs to check it: `config.json`, `history.jsonl`,
+`checkpoint.safetensors` (while training), `model.safetensors`, `metrics.json`, `figures/` and
+`report.html`. The folder is claimed atomically (`mkdir`), so two runs never share one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__, analysis
+from .checkpoint import atomic_write_text, load_state, load_tensors, save_model
+from .config import RunConfig, from_dict, make_config, to_dict
+from .data import load_dataset
+from .data.device import Splits, pick_device, to_device
+from .engine import CHECKPOINT, fit
+from .errors import CheckpointError
+from .models import Autoencoder, build_model
+from .report import write_report
+
+
+@dataclass
+class Run:
+    """A finished run, loaded back: the model with its weights, its config, metrics and history."""
+
+    path: Path
+    config: RunConfig
+    model: Autoencoder
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def claim_run_dir(cfg: RunConfig, force: bool = False) -> Path:
+    """Create `out_dir/run_name` atomically; an existing run is kept unless `force`."""
+    path = Path(cfg.out_dir) / cfg.run_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if force and path.exists():
+        shutil.rmtree(path)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        raise CheckpointError(f"run folder {path} already exists: use --force to overwrite it, "
+                              f"--resume {path} to continue it, or name=... for a new one") from None
+    return path
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def train(cfg: RunConfig | None = None, *, config_file: str | Path | None = None, overrides: list[str] = (),
+          force: bool = False) -> Path:
+    """Train a model as `cfg` (or the defaults with a TOML file and `key=value` overrides) says."""
+    cfg = make_config(cfg or RunConfig(), config_file, list(overrides))
+    path = claim_run_dir(cfg, force)
+    atomic_write_text(path / "config.json", json.dumps(to_dict(cfg), indent=2))
+    return _execute(cfg, path, resume=False)
+
+
+def read_config(path: Path) -> RunConfig:
+    path = Path(path)
+    try:
+        doc = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is not an aelab run folder (no config.json)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}/config.json is not valid JSON: {e}") from None
+    return from_dict(RunConfig, doc)
+
+
+def resume(path: str | Path) -> Path:
+    """Continue a stopped run from its last checkpoint; the result equals an uninterrupted run."""
+    path = Path(path)
+    cfg = read_config(path)
+    if (path / "metrics.json").exists():
+        raise CheckpointError(f"run {path} has already finished; nothing to resume (metrics.json exists)")
+    if not (path / CHECKPOINT).exists():
+        raise CheckpointError(f"run {path} has no checkpoint yet: start it again with --force")
+    return _execute(cfg, path, resume=True)
+
+
+def load_splits(cfg: RunConfig) -> tuple[Any, Splits]:
+    ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
+    device = pick_device(cfg.train.device)
+    return ds, to_device(ds, device, cfg.data.val_fraction, cfg.seed, cfg.data.labels_per_class,
+                         cfg.data.label_fraction)
+
+
+def _execute(cfg: RunConfig, path: Path, resume: bool) -> Path:
+    ds, splits = load_splits(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, ds.shape, ds.num_classes).to(splits.train.device)
+    meta = {"seed": cfg.seed, "aelab_version": __version__, "git_commit": git_commit(),
+            "device": str(splits.train.device), "torch": torch.__version__,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    t0 = time.perf_counter()
+    if not resume:
+        pre = replace(cfg.train, epochs=max(getattr(cfg.model, "pretrain_epochs", 0), 1))
+        for stage in model.pretrain_stages():  # greedy layer-wise pretraining, where the model has it
+            fit(stage, splits.train, pre, seed=cfg.seed, augment=cfg.data)
+    rows = list(load_tensors(path / CHECKPOINT)[1]["state"]["history"]) if resume else []
+
+    def log_epoch(row: dict) -> None:  # the whole file each epoch: a resumed run rewrites it consistently
+        rows.append(row)
+        atomic_write_text(path / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+    history = fit(model, splits.train, cfg.train, val=splits.val, seed=cfg.seed, augment=cfg.data,
+                  run_dir=path, resume=resume, meta={"config": to_dict(cfg)}, on_epoch=log_epoch)
+    meta["train_seconds"] = time.perf_counter() - t0
+    save_model(path / "model.safetensors", model, {"config": to_dict(cfg), "input_shape": list(ds.shape),
+                                                   "num_classes": ds.num_classes})
+    metrics = analysis.run_metrics(model, splits, cfg)
+    analysis.run_figures(model, splits, ds, cfg, history, path / "figures")
+    metrics["meta"] = {**meta, "epochs": len(history), "finished": True}
+    atomic_write_text(path / "metrics.json", json.dumps(metrics, indent=2))
+    (path / CHECKPOINT).unlink(missing_ok=True)  # the final weights are in model.safetensors
+    write_report(path)
+    return path
+
+
+def load_run(path: str | Path) -> Run:
+    """A finished run: its model (weights loaded, eval mode), config, metrics and history."""
+    path = Path(path)
+    cfg = read_config(path)
+    tensors, doc = load_tensors(path / "model.safetensors")
+    if "input_shape" not in doc:
+        raise CheckpointError(f"{path}/model.safetensors has no aelab metadata; was it written by aelab?")
+    model = build_model(cfg.model, tuple(doc["input_shape"]), doc["num_classes"])
+    load_state(model, tensors, path / "model.safetensors")
+    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
+    hist_file = path / "history.jsonl"
+    history = [json.loads(line) for line in hist_file.read_text().splitlines()] if hist_file.exists() else []
+    return Run(path, cfg, model.eval(), metrics, history)
+
+
+def evaluate_run(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+    """Re-measure a finished run on its data (e.g. with `eval.iw_samples=1000`); writes eval.json."""
+    run = load_run(path)
+    cfg = make_config(run.config, None, list(overrides))
+    _, splits = load_splits(cfg)
+    metrics = analysis.run_metrics(run.model.to(splits.train.device), splits, cfg)
+    atomic_write_text(Path(path) / "eval.json", json.dumps(metrics, indent=2))
+    return metrics

@@ -1,0 +1,130 @@
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from aelab.config import TrainConfig
+from aelab.engine import TrainingDiverged, encode_all, evaluate, fit, lr_at
+from aelab.models import Autoencoder, Player, build_model
+
+CFG = dict(epochs=3, batch_size=16, progress="off")
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def trained(splits, seed=0, **kw):
+    torch.manual_seed(seed)
+    model = build_model("conv", (1, 8, 8))
+    model.history = fit(model, splits.train, TrainConfig(**{**CFG, **kw}), val=splits.val, seed=seed)
+    return model
+
+
+def test_training_lowers_loss_and_is_deterministic(blob_splits):
+    torch.manual_seed(0)
+    fresh = evaluate(build_model("conv", (1, 8, 8)), blob_splits.test)["loss"]
+    a, b = trained(blob_splits), trained(blob_splits)
+    assert evaluate(a, blob_splits.test)["loss"] < 0.9 * fresh
+    assert same(weights(a), weights(b))  # same seed and config: bit for bit on the CPU
+    assert not same(weights(a), weights(trained(blob_splits, seed=1)))
+
+
+def test_resume_after_crash_matches_uninterrupted_run(blob_splits, tmp_path):
+    full = weights(trained(blob_splits, corrupt="dropout", corrupt_level=0.2))
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_2(row):
+        if row["epoch"] == 2:
+            raise Crash
+
+    torch.manual_seed(0)
+    model = build_model("conv", (1, 8, 8))
+    cfg = TrainConfig(**CFG, corrupt="dropout", corrupt_level=0.2)
+    with pytest.raises(Crash):
+        fit(model, blob_splits.train, cfg, val=blob_splits.val, run_dir=tmp_path, on_epoch=crash_after_2)
+    torch.manual_seed(123)  # the resumed process starts from a different state: the checkpoint must restore it
+    again = build_model("conv", (1, 8, 8))
+    history = fit(again, blob_splits.train, cfg, val=blob_splits.val, run_dir=tmp_path, resume=True)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert same(full, weights(again))
+
+
+def test_schedules():
+    cfg = TrainConfig(lr=1.0, schedule="onecycle")
+    assert lr_at(cfg, 0, 100) == pytest.approx(0.04) and lr_at(cfg, 30, 100) == pytest.approx(1.0)
+    assert lr_at(cfg, 100, 100) == pytest.approx(1e-4)
+    assert lr_at(TrainConfig(lr=1.0, schedule="cosine"), 50, 100) == pytest.approx(0.5)
+    assert lr_at(TrainConfig(lr=0.5, schedule="constant"), 77, 100) == 0.5
+
+
+def test_early_stopping_restores_best(blob_splits):
+    model = trained(blob_splits, epochs=30, patience=2, lr=0.05, schedule="constant")  # noisy: val wobbles
+    val = [r["val.loss"] for r in model.history]
+    assert len(val) < 30 and min(val) < val[-1]  # stopped early, after epochs without gain
+    assert evaluate(model, blob_splits.val)["loss"] == pytest.approx(min(val), rel=1e-5)  # best weights back
+
+
+class Exploding(Autoencoder):
+    """A model whose loss turns NaN on the third step, to check the engine stops and names the step."""
+
+    def __init__(self):
+        super().__init__(build_model("dense", (1, 8, 8)).cfg, (1, 8, 8))
+        self.w = nn.Parameter(torch.ones(()))
+        self.calls = 0
+
+    def forward(self, batch, player="model"):
+        self.calls += 1
+        bad = torch.tensor(math.nan if self.calls >= 3 else 1.0)
+        return {"loss": self.w * bad, "recon": bad}
+
+
+def test_divergence_names_step_and_terms(blob_splits, tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 2 .*recon=nan"):
+        fit(Exploding(), blob_splits.train, TrainConfig(**CFG), run_dir=tmp_path)
+    assert not (tmp_path / "checkpoint.safetensors").exists()  # nothing bad was saved
+
+
+def test_skip_bad_steps_up_to_a_limit(blob_splits):
+    with pytest.raises(TrainingDiverged, match="after skipping 2"):
+        fit(Exploding(), blob_splits.train, TrainConfig(**CFG, max_bad_steps=2))
+
+
+class TwoPlayers(Autoencoder):
+    """The autoencoder's encoder and decoder as two players, the decoder stepping every 2nd step."""
+
+    def __init__(self):
+        inner = build_model("dense", (1, 8, 8))
+        super().__init__(inner.cfg, (1, 8, 8))
+        self.encoder, self.decoder = inner.encoder, inner.decoder
+        self.turns = {"enc": 0, "dec": 0}
+
+    def players(self):
+        return [Player("enc", list(self.encoder.parameters())),
+                Player("dec", list(self.decoder.parameters()), every=2, steps=3)]
+
+    def forward(self, batch, player="model"):
+        if player in self.turns:
+            self.turns[player] += 1
+        return super().forward(batch)
+
+
+def test_players_step_on_their_own_schedule(blob_splits):
+    model = TwoPlayers()
+    history = fit(model, blob_splits.train, TrainConfig(epochs=1, batch_size=32, progress="off"))
+    steps = history[-1]["step"]
+    assert model.turns == {"enc": steps, "dec": 3 * math.ceil(steps / 2)}
+    assert "train.enc.loss" in history[-1] and "train.dec.loss" in history[-1]
+
+
+def test_encode_all_shape(blob_splits):
+    model = build_model("conv", (1, 8, 8))
+    assert encode_all(model, blob_splits.test, batch_size=7).shape == (len(blob_splits.test), 30)
