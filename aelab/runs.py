@@ -66,9 +66,10 @@ def train(cfg: RunConfig | None = None, *, config_file: str | Path | None = None
           force: bool = False) -> Path:
     """Train a model as `cfg` (or the defaults with a TOML file and `key=value` overrides) says."""
     cfg = make_config(cfg or RunConfig(), config_file, list(overrides))
+    data = load_splits(cfg)  # bad data fails here, before a run folder exists
     path = claim_run_dir(cfg, force)
     atomic_write_text(path / "config.json", json.dumps(to_dict(cfg), indent=2))
-    return _execute(cfg, path, resume=False)
+    return _execute(cfg, path, data, resume=False)
 
 
 def read_config(path: Path) -> RunConfig:
@@ -90,7 +91,7 @@ def resume(path: str | Path) -> Path:
         raise CheckpointError(f"run {path} has already finished; nothing to resume (metrics.json exists)")
     if not (path / CHECKPOINT).exists():
         raise CheckpointError(f"run {path} has no checkpoint yet: start it again with --force")
-    return _execute(cfg, path, resume=True)
+    return _execute(cfg, path, load_splits(cfg), resume=True)
 
 
 def load_splits(cfg: RunConfig) -> tuple[Any, Splits]:
@@ -100,8 +101,8 @@ def load_splits(cfg: RunConfig) -> tuple[Any, Splits]:
                          cfg.data.label_fraction)
 
 
-def _execute(cfg: RunConfig, path: Path, resume: bool) -> Path:
-    ds, splits = load_splits(cfg)
+def _execute(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resume: bool) -> Path:
+    ds, splits = data
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, ds.shape, ds.num_classes).to(splits.train.device)
     meta = {"seed": cfg.seed, "aelab_version": __version__, "git_commit": git_commit(),

@@ -6,6 +6,11 @@ break the PCA equivalence. So with `recon = "mse"` (the default here) the decode
 the image, the loss is plain squared error on it (`losses.mse`, not `losses.mse_logits`), and
 `reconstruct` converts it to logits (clamping to [0, 1]) for callers that apply a sigmoid.
 With `recon = "bce"` the output is treated as logits like any other model (a logistic decoder).
+
+The centre c is learned from the data as PCA learns `mean_`: the running mean of the training
+inputs, not a bias trained by gradient. With a gradient-trained c (started at 0) one code direction
+first absorbs the mean offset and leaves it only slowly: on 8x8 digits with 5 codes it was still
+70 degrees off PCA's subspace after 1000 full-batch Adam steps, against < 0.1 with the mean.
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ from .blocks import numel
 @dataclass
 class LinearConfig(AEConfig):
     recon: Literal["bce", "mse"] = "mse"  # mse: the decoder output is the image (PCA); bce: logits
-    bias: bool = True  # learn a centre c (the data mean, in effect); False: uncentred, like an SVD
+    # Subtract the running mean of the inputs. False: uncentred, like a truncated SVD; it converges
+    # far more slowly (the mean dwarfs the other directions: 3000 Adam steps where 500 do centred).
+    centre: bool = True
 
 
 @register("linear")
@@ -36,7 +43,21 @@ class LinearAE(Autoencoder):
         n = numel(input_shape)
         self.encoder = nn.Linear(n, cfg.latent_dim, bias=False)  # W_e (D, n)
         self.decoder = nn.Linear(cfg.latent_dim, n, bias=False)  # W_d (n, D)
-        self.centre = nn.Parameter(torch.zeros(n)) if cfg.bias else None  # c (n,)
+        # c (n,) and the number of images averaged into it; buffers: saved, never trained
+        self.register_buffer("centre", torch.zeros(n) if cfg.centre else None)
+        self.register_buffer("seen", torch.zeros(()) if cfg.centre else None)
+
+    def forward(self, batch: dict[str, torch.Tensor], player: str = "model") -> dict[str, torch.Tensor]:
+        if self.centre is not None and self.training and torch.is_grad_enabled():  # not in metrics()
+            self.track_mean(batch["x_in"])
+        return super().forward(batch, player)
+
+    @torch.no_grad()
+    def track_mean(self, x: torch.Tensor) -> None:
+        """Fold the batch (B, C, H, W) into the cumulative mean: after one epoch, the data mean."""
+        b = x.shape[0]
+        self.seen += b
+        self.centre += (x.flatten(1).float().mean(0) - self.centre) * (b / self.seen)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         h = x.flatten(1)  # (B, n)
