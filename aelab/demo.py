@@ -26,4 +26,4 @@ def run_demo(out: Path = Path("runs/demo")) -> Path:
     for name, overrides in DEMO_RUNS.items():
         cfg = make_config(RunConfig(), None, [f"name={name}", f"out_dir={out}", "data=digits", *overrides])
         runs.append(train(cfg, force=True))
-    return write_index(runs, out / "report.html")
+    return write_index(runs, out / "report.html", figures=True)

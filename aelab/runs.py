@@ -114,10 +114,16 @@ def _execute(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resume: bool)
         for stage in model.pretrain_stages():  # greedy layer-wise pretraining, where the model has it
             fit(stage, splits.train, pre, seed=cfg.seed, augment=cfg.data)
     rows = list(load_tensors(path / CHECKPOINT)[1]["state"]["history"]) if resume else []
+    board = _tensorboard(path)
 
     def log_epoch(row: dict) -> None:  # the whole file each epoch: a resumed run rewrites it consistently
         rows.append(row)
         atomic_write_text(path / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        if board is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                    board.add_scalar(k, v, row["epoch"])
+            board.flush()
 
     history = fit(model, splits.train, cfg.train, val=splits.val, seed=cfg.seed, augment=cfg.data,
                   run_dir=path, resume=resume, meta={"config": to_dict(cfg)}, on_epoch=log_epoch)
@@ -131,6 +137,15 @@ def _execute(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resume: bool)
     (path / CHECKPOINT).unlink(missing_ok=True)  # the final weights are in model.safetensors
     write_report(path)
     return path
+
+
+def _tensorboard(path: Path):
+    """A TensorBoard writer in the run folder when `tensorboard` is installed (`pip install aelab[tensorboard]`)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(path / "tensorboard"))
 
 
 def load_run(path: str | Path) -> Run:

@@ -21,7 +21,6 @@ import base64
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..atomic import atomic_write_text
 from ..errors import CheckpointError
 
 # Figures a run usually draws, in the order a reader wants them; any others follow alphabetically.
@@ -290,24 +290,6 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and os.replace: a reader never sees half a page.
-
-    Not checkpoint.atomic_write: that module imports torch, and rendering a report should not.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ----------------------------------------------------------------------------- public pages
 
 
@@ -328,7 +310,7 @@ def write_report(run_dir: str | Path) -> Path:
         )
     )
     out = run.path / "report.html"
-    _write_atomic(out, _page(f"aelab run: {run.name}", body))
+    atomic_write_text(out, _page(f"aelab run: {run.name}", body))
     return out
 
 
@@ -340,7 +322,8 @@ def _index_columns(runs: Sequence[_Run]) -> list[str]:
     return list(columns)
 
 
-def write_index(run_dirs: Sequence[str | Path], out: str | Path, write_reports: bool = True) -> Path:
+def write_index(run_dirs: Sequence[str | Path], out: str | Path, write_reports: bool = True,
+                figures: bool = False) -> Path:
     """Write one page comparing runs, a row each: name (linked to its report), model, data, metrics.
 
     Links are relative to `out`, so the folder tree can be moved or served as it is. With
@@ -360,5 +343,8 @@ def write_index(run_dirs: Sequence[str | Path], out: str | Path, write_reports: 
     header = ["run", "model", "data", "seed", *columns]
     body = f"<h1>aelab runs</h1>\n<p class=\"meta\">{len(runs)} run{'' if len(runs) == 1 else 's'}</p>\n"
     body += _table(header, rows) if runs else _empty("no runs")
-    _write_atomic(out, _page("aelab runs", body))
+    if figures:  # each run's figures too, so the page alone shows the runs (the demo's report)
+        body += "".join(f"<h2>{escape(run.name)}</h2>\n" + "\n".join(_figure(p) for p in run.figures)
+                        for run in runs)
+    atomic_write_text(out, _page("aelab runs", body))
     return out
