@@ -42,7 +42,7 @@ def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch
 
 
 def l1_codes(z: torch.Tensor) -> torch.Tensor:
-    """Mean absolute code activation per example: (B, D) -> (B,)."""
+    """Summed absolute code activation per example: (B, D) -> (B,)."""
     return z.abs().sum(1)
 
 

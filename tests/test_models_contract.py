@@ -1,6 +1,7 @@
 """The contract every registered model keeps (STYLE 13), checked over the whole registry, so a new
 model file is covered without editing this test. Tiny CPU tensors only; the whole file runs in
-well under a minute on two cores.
+well under a minute on two cores (tests/conftest.py sets one intra-op thread: with two, on shared
+cores, these tiny ops ran ~30x slower).
 
     .venv/bin/pytest tests/test_models_contract.py -q
 """
@@ -15,15 +16,6 @@ from safetensors.torch import load_model, save_model
 from aelab.models import build_model, model_names
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on shared cores: intra-op threads only contend (2 threads ran ~30x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_batch(x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -13,15 +13,6 @@ from sklearn.decomposition import PCA
 from aelab.models import build_model, get_model_class
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on shared cores: intra-op threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def model(name: str, shape=(1, 8, 8), **fields):
     return build_model(get_model_class(name).Config(name=name, **fields), shape)
 
@@ -30,7 +21,7 @@ def batch_of(x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"x": x, "x_in": x, "y": torch.zeros(len(x), dtype=torch.long)}
 
 
-def blobs(n: int = 256, seed: int = 0) -> torch.Tensor:
+def blob_images(n: int = 256, seed: int = 0) -> torch.Tensor:
     """n (1, 8, 8) images in [0, 1]: sums of two random Gaussian blobs."""
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
@@ -54,7 +45,7 @@ def train(m: torch.nn.Module, batch, steps: int, lr: float = 3e-3) -> torch.nn.M
 
 @pytest.mark.parametrize("sparsity,weight", [("l1", 0.1), ("kl", 1.0)])
 def test_sparse_penalty_makes_codes_sparser(sparsity: str, weight: float) -> None:
-    b = batch_of(blobs())
+    b = batch_of(blob_images())
 
     def codes(w: float) -> torch.Tensor:
         torch.manual_seed(0)
@@ -79,7 +70,7 @@ def test_pretrain_stages_train_only_their_layers(name: str) -> None:
     m = model(name, pretrain_epochs=1)
     stages = m.pretrain_stages()
     assert len(stages) == m.depth == 3
-    x = blobs(64)
+    x = blob_images(64)
     b = {"x": x, "x_in": x * (torch.rand_like(x) > 0.25), "y": torch.zeros(64, dtype=torch.long)}
     for i, stage in enumerate(stages):
         before = {k: v.clone() for k, v in m.state_dict().items()}
@@ -114,7 +105,7 @@ def test_tied_shares_weights_and_has_fewer_parameters() -> None:
 def test_vae_terms_and_bounds() -> None:
     torch.manual_seed(0)
     m = model("vae", beta=0.5)
-    b = batch_of(blobs(32))
+    b = batch_of(blob_images(32))
     out = m(b)
     torch.testing.assert_close(out["nelbo"], out["recon"] + out["kl"])
     torch.testing.assert_close(out["loss"], out["recon"] + 0.5 * out["kl"])
