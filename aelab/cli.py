@@ -78,6 +78,24 @@ def report(run_dirs: tuple[str, ...], index: str | None) -> None:
         click.echo(write_index([Path(d) for d in run_dirs], Path(index)))
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+@click.option("--list", "list_", is_flag=True, help="List the studies with a line on each.")
+@click.option("--force", is_flag=True, help="Overwrite an existing study folder of the same name.")
+def study(args: tuple[str, ...], list_: bool, force: bool) -> None:
+    """Run a study: aelab study NAME [CONFIG.toml] [key=value ...]  (e.g. seeds=5 data=fashion-mnist)."""
+    from .studies import run_study, study_names
+    from .studies.base import describe
+
+    if list_ or not args:
+        for name in study_names():
+            click.echo(f"{name:14s} {describe(name)}")
+        return
+    config_file, overrides = _split_args(args[1:])
+    path = run_study(args[0], config_file, overrides, force)
+    click.echo(f"study: {path}\nreport: {path / 'report.html'}")
+
+
 @cli.command()
 def models() -> None:
     """List every registered model with its config fields and defaults."""

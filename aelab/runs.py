@@ -39,9 +39,8 @@ class Run:
     history: list[dict[str, Any]]
 
 
-def claim_run_dir(cfg: RunConfig, force: bool = False) -> Path:
-    """Create `out_dir/run_name` atomically; an existing run is kept unless `force`."""
-    path = Path(cfg.out_dir) / cfg.run_name
+def claim_run_dir(path: Path, force: bool = False) -> Path:
+    """Create the run folder `path` atomically; an existing run is kept unless `force`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if force and path.exists():
         shutil.rmtree(path)
@@ -67,7 +66,7 @@ def train(cfg: RunConfig | None = None, *, config_file: str | Path | None = None
     """Train a model as `cfg` (or the defaults with a TOML file and `key=value` overrides) says."""
     cfg = make_config(cfg or RunConfig(), config_file, list(overrides))
     data = load_splits(cfg)  # bad data fails here, before a run folder exists
-    path = claim_run_dir(cfg, force)
+    path = claim_run_dir(Path(cfg.out_dir) / cfg.run_name, force)
     atomic_write_text(path / "config.json", json.dumps(to_dict(cfg), indent=2))
     return _execute(cfg, path, data, resume=False)
 

@@ -1,0 +1,86 @@
+"""The study registry and runner: folder, config, metrics and report around a study's `run`."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..atomic import atomic_write_text
+from ..config import DataConfig, TrainConfig, make_config, to_dict
+from ..errors import ConfigError
+from ..report import write_report
+from ..runs import claim_run_dir, git_commit
+
+_STUDIES: dict[str, type] = {}
+
+
+@dataclass
+class StudyConfig:
+    """Fields every study has; a study subclasses it with its own."""
+
+    name: str = ""  # run folder name under out_dir ("" = <study>-<data>)
+    seed: int = 0  # first seed; seed i of the study is seed + i
+    seeds: int = 3  # repeats of every arm, paired across arms
+    out_dir: str = "runs"
+    quick: bool = False  # a smaller preset that runs in minutes
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def check(self) -> None:
+        if self.seeds <= 0:
+            raise ConfigError("seeds must be > 0")
+        self.data.check()
+        self.train.check()
+
+
+def register_study(name: str):
+    """Class decorator: make a study available to `aelab study NAME` and `run_study`."""
+
+    def wrap(cls):
+        if name in _STUDIES:
+            raise ValueError(f"study '{name}' is registered twice")
+        cls.study_name = name
+        _STUDIES[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_study(name: str):
+    if name not in _STUDIES:
+        raise ConfigError(f"unknown study '{name}'; choose one of: {', '.join(study_names())}")
+    return _STUDIES[name]
+
+
+def study_names() -> list[str]:
+    return sorted(_STUDIES)
+
+
+def describe(name: str) -> str:
+    """The first line of the study's module docstring."""
+    doc = sys.modules[get_study(name).__module__].__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def run_study(name: str, config_file: str | Path | None = None, overrides: list[str] = (),
+              force: bool = False) -> Path:
+    """Run study `name` end to end into `out_dir/<name>`; returns the folder (with report.html)."""
+    cls = get_study(name)
+    cfg = make_config(cls.Config(), config_file, list(overrides))
+    folder = cfg.name or f"{name}-{cfg.data.name.replace(':', '-').replace('/', '_')}"
+    path = claim_run_dir(Path(cfg.out_dir) / folder, force)
+    atomic_write_text(path / "config.json", json.dumps({"study": name, **to_dict(cfg)}, indent=2))
+    t0 = time.perf_counter()
+    metrics: dict[str, Any] = cls().run(cfg, path)
+    metrics["meta"] = {"study": name, "seed": cfg.seed, "seeds": cfg.seeds, "aelab_version": __version__,
+                       "git_commit": git_commit(), "torch": torch.__version__,
+                       "train_seconds": time.perf_counter() - t0, "finished": True}
+    atomic_write_text(path / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    write_report(path)
+    return path
