@@ -21,7 +21,7 @@ import torch
 from .config import DataConfig, TrainConfig
 from .data.augment import augment, corrupt
 from .data.device import DeviceData
-from .errors import AelabError
+from .errors import AelabError, DataError
 from .progress import Progress
 from . import checkpoint as ckpt
 
@@ -48,6 +48,7 @@ class FitState:
     bad_epochs: int = 0
     skipped: int = 0  # non-finite steps skipped (train.max_bad_steps)
     stopped_early: bool = False
+    batch: int = 0  # batches done in the current epoch (a mid-epoch checkpoint resumes there)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -137,69 +138,122 @@ def fit(model: torch.nn.Module, train: DeviceData, cfg: TrainConfig | None = Non
         val: DeviceData | None = None, seed: int = 0, augment: DataConfig | None = None,
         run_dir: str | Path | None = None, resume: bool = False, meta: dict | None = None,
         on_epoch: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
-    """Train `model` on `train`; returns the per-epoch history. With `run_dir`, checkpoints every epoch."""
+    """Train `model` on `train`; returns the per-epoch history. With `run_dir`, checkpoints every epoch
+    (and on SIGINT/SIGTERM, mid-epoch), and `resume=True` continues exactly where it stopped."""
     cfg = cfg or TrainConfig()
     cfg.check()
-    device = train.device
-    model.to(device).train()
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)  # only 4-D (conv) weights change
-    stepper, state = _Stepper(model, cfg, device), FitState()
-    path = Path(run_dir) / CHECKPOINT if run_dir else None
-    best_weights = None
+    _check_shape(model, train)
+    loop = _Loop(model, train, cfg, val, seed, augment, run_dir, meta or {}, on_epoch)
     if resume:
-        best_weights = load_checkpoint(path, model, stepper.opts, state)
-    if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"):
-        model.compile()  # in place: state_dict keys stay clean (STYLE 4)
-    bsz = min(cfg.batch_size, len(train))
-    per_epoch = len(train) // bsz  # drop the ragged last batch: static shapes for compile
-    total = cfg.epochs * per_epoch
-    gen = torch.Generator(device)
-    progress = Progress(cfg.progress, cfg.epochs, per_epoch, bsz)
-    with _Signals() as signals:
-        for epoch in range(state.epoch, cfg.epochs):
-            gen.manual_seed(seed * 1_000_003 + epoch)  # a pure function of (seed, epoch): resumable
-            perm = torch.randperm(len(train), generator=gen, device=device)
-            sums: dict[str, torch.Tensor] = {}
-            first_bad = torch.full((), -1, device=device)
-            t0 = time.perf_counter()
-            progress.start_epoch(epoch)
-            for i in range(per_epoch):
-                stepper.set_lr(lr_at(cfg, state.step, total))
-                batch = prepare(train.batch(perm[i * bsz:(i + 1) * bsz]), cfg, augment, gen)
-                out = stepper(batch, state.step, state)
-                for k, v in out.items():
-                    sums[k] = sums[k] + v if k in sums else v
-                bad = ~torch.isfinite(torch.stack(list(out.values()))).all()
-                first_bad = torch.where(bad & (first_bad < 0), state.step, first_bad)
-                state.step += 1
-                progress.step(i, sums)
-                if signals.caught:
+        loop.restore()
+    return loop.run()
+
+
+def _check_shape(model: torch.nn.Module, data: DeviceData) -> None:
+    expected = getattr(model, "input_shape", None)
+    if expected is not None and tuple(data.x.shape[1:]) != tuple(expected):
+        shape = "x".join(map(str, data.x.shape[1:]))
+        raise DataError(f"images are {shape} (CxHxW) but the model was built for {'x'.join(map(str, expected))}; "
+                        "train a model for this data set")
+
+
+class _Loop:
+    """The state of one `fit` call: the epoch loop, its checkpoints and its mid-epoch resume."""
+
+    def __init__(self, model, train, cfg, val, seed, augment, run_dir, meta, on_epoch):
+        self.model, self.train, self.cfg, self.val, self.seed, self.augment = model, train, cfg, val, seed, augment
+        self.run_dir, self.meta, self.on_epoch = run_dir, meta, on_epoch
+        self.device = train.device
+        model.to(self.device).train()
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)  # only 4-D (conv) weights change
+        self.stepper, self.state = _Stepper(model, cfg, self.device), FitState()
+        self.path = Path(run_dir) / CHECKPOINT if run_dir else None
+        self.best_weights = None
+        self.bsz = min(cfg.batch_size, len(train))
+        self.per_epoch = len(train) // self.bsz  # drop the ragged last batch: static shapes for compile
+        self.total = cfg.epochs * self.per_epoch
+        self.gen = torch.Generator(self.device)
+        self.partial: dict[str, torch.Tensor] = {}  # a mid-epoch checkpoint's loop tensors
+
+    def restore(self) -> None:
+        self.best_weights, self.partial = load_checkpoint(self.path, self.model, self.stepper.opts, self.state)
+
+    def run(self) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        if cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda"):
+            self.model.compile()  # in place: state_dict keys stay clean (STYLE 4)
+        self.progress = Progress(cfg.progress, cfg.epochs, self.per_epoch, self.bsz)
+        with _Signals() as self.signals:
+            for epoch in range(self.state.epoch, cfg.epochs):
+                row = self._epoch(epoch)
+                self._end_epoch(epoch, row)
+                if self.state.stopped_early:
                     break
-            if signals.caught:  # the epoch is incomplete: its steps are lost, the last checkpoint stands
-                raise TrainingInterrupted(_resume_hint(run_dir, signals.caught, state))
-            row = {"epoch": epoch + 1, "step": state.step, "lr": lr_at(cfg, state.step - 1, total)}
-            row.update({f"train.{k}": float(v) / per_epoch for k, v in sums.items()})
-            if int(first_bad) >= 0 and not cfg.max_bad_steps:
-                raise _diverged(int(first_bad), {k: row[k] for k in row if k.startswith("train.")})
-            seconds = time.perf_counter() - t0
-            row.update(time=seconds, samples_per_s=per_epoch * bsz / seconds, skipped=state.skipped)
-            if val is not None:
-                row.update({f"val.{k}": v for k, v in evaluate(model, val).items()})
-                best_weights = _early_stop(model, cfg, state, row, best_weights)
-            state.history.append(row)
-            state.epoch = epoch + 1
-            progress.end_epoch(row)
-            if path is not None:
-                save_checkpoint(path, model, stepper.opts, state, best_weights, meta or {})
-            if on_epoch:
-                on_epoch(row)
-            if state.stopped_early:
-                break
-    progress.close()
-    if best_weights is not None:
-        model.load_state_dict(best_weights)
-    return state.history
+        self.progress.close()
+        if self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
+        return self.state.history
+
+    def _epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over a seeded permutation; the loss terms are summed on the device."""
+        state, bsz, gen = self.state, self.bsz, self.gen
+        gen.manual_seed(self.seed * 1_000_003 + epoch)  # a pure function of (seed, epoch): resumable
+        perm = torch.randperm(len(self.train), generator=gen, device=self.device)
+        sums = {k[5:]: v.to(self.device) for k, v in self.partial.items() if k.startswith("sums.")}
+        first_bad = self.partial.get("first_bad", torch.tensor(-1)).to(self.device)
+        if "gen" in self.partial:  # resuming mid-epoch: the corruption draws continue where they stopped
+            gen.set_state(self.partial["gen"])
+        self.partial = {}
+        t0 = time.perf_counter()
+        self.progress.start_epoch(epoch)
+        for i in range(state.batch, self.per_epoch):
+            self.stepper.set_lr(lr_at(self.cfg, state.step, self.total))
+            batch = prepare(self.train.batch(perm[i * bsz:(i + 1) * bsz]), self.cfg, self.augment, gen)
+            out = self.stepper(batch, state.step, state)
+            for k, v in out.items():
+                sums[k] = sums[k] + v if k in sums else v
+            bad = ~torch.isfinite(torch.stack(list(out.values()))).all()
+            first_bad = torch.where(bad & (first_bad < 0), state.step, first_bad)
+            state.step += 1
+            state.batch = i + 1
+            self.progress.step(i, sums)
+            if self.signals.caught:
+                self._interrupted(sums, first_bad)
+        if int(first_bad) >= 0 and not self.cfg.max_bad_steps:
+            raise _diverged(int(first_bad), {k: float(v) / self.per_epoch for k, v in sums.items()})
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "step": state.step, "lr": lr_at(self.cfg, state.step - 1, self.total)}
+        row.update({f"train.{k}": float(v) / self.per_epoch for k, v in sums.items()})
+        row.update(time=seconds, samples_per_s=self.per_epoch * bsz / seconds, skipped=state.skipped)
+        return row
+
+    def _end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
+        if self.val is not None:
+            row.update({f"val.{k}": v for k, v in evaluate(self.model, self.val).items()})
+            self.best_weights = _early_stop(self.model, self.cfg, self.state, row, self.best_weights)
+        self.state.history.append(row)
+        self.state.epoch, self.state.batch = epoch + 1, 0
+        self.progress.end_epoch(row)
+        self._save()
+        if self.on_epoch:
+            self.on_epoch(row)
+
+    def _save(self, loop_tensors: dict[str, torch.Tensor] | None = None) -> None:
+        if self.path is not None:
+            save_checkpoint(self.path, self.model, self.stepper.opts, self.state, self.best_weights,
+                            self.meta, loop_tensors or {})
+
+    def _interrupted(self, sums: dict[str, torch.Tensor], first_bad: torch.Tensor) -> None:
+        """SIGINT/SIGTERM after a finished step: checkpoint mid-epoch (if the loss is still finite), stop."""
+        name = signal.Signals(self.signals.caught).name
+        if self.path is None:
+            raise TrainingInterrupted(f"interrupted by {name} at step {self.state.step}")
+        if int(first_bad) < 0:
+            loop = {f"sums.{k}": v for k, v in sums.items()}
+            self._save({**loop, "first_bad": first_bad, "gen": self.gen.get_state()})
+        raise TrainingInterrupted(f"interrupted by {name} at step {self.state.step}; checkpoint written: "
+                                  f"resume with `aelab train --resume {self.run_dir}`")
 
 
 def _early_stop(model, cfg: TrainConfig, state: FitState, row: dict, best_weights):
@@ -211,14 +265,6 @@ def _early_stop(model, cfg: TrainConfig, state: FitState, row: dict, best_weight
     state.bad_epochs += 1
     state.stopped_early = bool(cfg.patience) and state.bad_epochs >= cfg.patience
     return best_weights
-
-
-def _resume_hint(run_dir, signum: int, state: FitState) -> str:
-    name = signal.Signals(signum).name
-    if run_dir is None:
-        return f"interrupted by {name} after {state.epoch} epochs"
-    return (f"interrupted by {name}; checkpoint of epoch {state.epoch} kept: "
-            f"resume with `aelab train --resume {run_dir}`")
 
 
 class _Signals:
@@ -234,6 +280,8 @@ class _Signals:
         return self
 
     def _handle(self, signum, frame):
+        if self.caught:  # a second signal: stop now, without a checkpoint
+            raise KeyboardInterrupt
         self.caught = signum
 
     def __exit__(self, *exc):
@@ -244,8 +292,10 @@ class _Signals:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: Path, model, opts: dict, state: FitState, best_weights, meta: dict) -> None:
+def save_checkpoint(path: Path, model, opts: dict, state: FitState, best_weights, meta: dict,
+                    loop_tensors: dict[str, torch.Tensor]) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"loop.{k}": v for k, v in loop_tensors.items()})
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -259,7 +309,8 @@ def save_checkpoint(path: Path, model, opts: dict, state: FitState, best_weights
 
 
 def load_checkpoint(path: Path, model, opts: dict, state: FitState):
-    """Restore weights, optimisers, RNG and loop state in place; returns the best weights, if kept."""
+    """Restore weights, optimisers, RNG and loop state in place; returns the best weights (if kept)
+    and the loop tensors of a mid-epoch checkpoint."""
     tensors, doc = ckpt.load_tensors(path)
     ckpt.load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     for name, opt in opts.items():
@@ -272,7 +323,7 @@ def load_checkpoint(path: Path, model, opts: dict, state: FitState):
     for k, v in doc["state"].items():
         setattr(state, k, v)
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-    return best or None
+    return best or None, {k[5:]: v for k, v in tensors.items() if k.startswith("loop.")}
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -88,9 +88,8 @@ def resume(path: str | Path) -> Path:
     cfg = read_config(path)
     if (path / "metrics.json").exists():
         raise CheckpointError(f"run {path} has already finished; nothing to resume (metrics.json exists)")
-    if not (path / CHECKPOINT).exists():
-        raise CheckpointError(f"run {path} has no checkpoint yet: start it again with --force")
-    return _execute(cfg, path, load_splits(cfg), resume=True)
+    # Killed before its first checkpoint: starting afresh in the same folder is the exact continuation.
+    return _execute(cfg, path, load_splits(cfg), resume=(path / CHECKPOINT).exists())
 
 
 def load_splits(cfg: RunConfig) -> tuple[Any, Splits]:

@@ -1,0 +1,127 @@
+"""features: what the units learned (seed 004 Q6): first-layer weights, top-activating images, sparsity.
+
+For each model (dense, deep, sparse, tied, conv by default): its first layer's weights as image tiles
+(conv: its 3x3 filters), and for each of the first `units` code units the 9 test images that drive it
+highest; the sparse AE beside the dense one shows what the sparsity penalty does. Metrics, mean ± CI
+over seeds: the fraction of near-zero code activations (|z| < `zero_tol` x the largest |z| of that
+model's test codes) and the test reconstruction error of each model.
+
+    aelab study features data=fashion-mnist             # ~10-15 min on 2 CPU cores (estimate)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import stats
+from ..config import TrainConfig
+from ..data import load_dataset
+from ..data.device import pick_device, to_device
+from ..engine import encode_all, evaluate, fit
+from ..errors import ConfigError
+from ..models import build_model, model_names
+from ..report import plots
+from .base import StudyConfig, register_study
+
+
+@dataclass
+class FeaturesConfig(StudyConfig):
+    models: tuple[str, ...] = ("dense", "deep", "sparse", "tied", "conv")
+    units: int = 16  # code units shown in the top-activating figures
+    top: int = 9  # images per unit
+    zero_tol: float = 0.01  # "near zero": |z| below this fraction of the model's largest |z|
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, progress="off"))
+
+    def check(self) -> None:
+        super().check()
+        unknown = [m for m in self.models if m not in model_names()]
+        if not self.models or unknown:
+            raise ConfigError(f"models must name registered models; unknown: {unknown or 'none given'}")
+        if self.units <= 0 or self.top <= 0 or not 0 <= self.zero_tol < 1:
+            raise ConfigError("units and top must be > 0 and zero_tol in [0, 1)")
+
+
+def first_layer_tiles(model: nn.Module, shape: tuple[int, int, int]) -> np.ndarray:
+    """The first layer's weights as images: (units, C, H, W) for a dense layer on the pixels,
+    (filters, C, k, k) for a conv layer; ValueError when the first weight layer is neither."""
+    n = int(np.prod(shape))
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.weight.detach().float().cpu().numpy()
+        if isinstance(m, nn.Linear):
+            if m.in_features != n:
+                break
+            return m.weight.detach().float().cpu().numpy().reshape(-1, *shape)
+    raise ValueError(f"{type(model).__name__}: its first weight layer does not read the pixels")
+
+
+def top_activating(codes: np.ndarray, k: int) -> np.ndarray:
+    """(N, D) codes -> (D, k) row indices of the k images with the highest activation of each unit."""
+    return np.argsort(-codes, axis=0, kind="stable")[:k].T
+
+
+def near_zero_fraction(codes: np.ndarray, tol: float) -> float:
+    """Fraction of entries of (N, D) `codes` with |z| < tol * max |z| (scale-free across models)."""
+    a = np.abs(codes)
+    return float((a < tol * a.max()).mean()) if a.max() > 0 else 1.0
+
+
+def one_model(cfg: FeaturesConfig, name: str, splits, shape, seed: int) -> tuple[nn.Module, np.ndarray, dict]:
+    torch.manual_seed(seed)
+    model = build_model(name, shape)
+    fit(model, splits.train, cfg.train, seed=seed)
+    codes = encode_all(model, splits.test).numpy()  # (N_test, D)
+    m = {"near_zero": near_zero_fraction(codes, cfg.zero_tol), "test_bce": evaluate(model, splits.test)["bce"],
+         "code_dim": codes.shape[1]}
+    return model, codes, m
+
+
+def draw(cfg: FeaturesConfig, name: str, model: nn.Module, codes: np.ndarray, test_x: np.ndarray,
+         shape, out: Path) -> None:
+    """Weights tiles and the top-activating grid of one model (the first seed's)."""
+    tiles = first_layer_tiles(model, shape)[:64]
+    plots.save(plots.image_grid(tiles, nrow=8, title=f"{name}: first-layer weights", normalize=True),
+               out / "figures" / f"weights_{name}.png")
+    alive = np.flatnonzero(codes.max(0) > codes.min(0))  # units that vary at all; dead units show nothing
+    units = alive[np.argsort(-codes[:, alive].var(0))][:cfg.units]  # the most variable units
+    idx = top_activating(codes[:, units], cfg.top)  # (U, top)
+    plots.save(plots.image_grid(test_x[idx.ravel()], nrow=cfg.top,
+                                title=f"{name}: top-{cfg.top} test images per code unit (one row each)"),
+               out / "figures" / f"top_{name}.png")
+
+
+@register_study("features")
+class FeaturesStudy:
+    Config = FeaturesConfig
+
+    def run(self, cfg: FeaturesConfig, out: Path) -> dict:
+        if cfg.quick:
+            cfg.train.epochs = min(cfg.train.epochs, 3)
+        ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
+        rows: dict[str, list[dict]] = {name: [] for name in cfg.models}
+        for i in range(cfg.seeds):
+            seed = cfg.seed + i
+            splits = to_device(ds, pick_device(cfg.train.device), cfg.data.val_fraction, seed)
+            test_x = splits.test.x.float().div(255).cpu().numpy()
+            for name in cfg.models:
+                model, codes, m = one_model(cfg, name, splits, ds.shape, seed)
+                rows[name].append(m)
+                if i == 0:
+                    draw(cfg, name, model, codes, test_x, ds.shape, out)
+        result: dict = {"zero_tol": cfg.zero_tol}
+        for name, ms in rows.items():
+            result[name] = {"near_zero": stats.summary([m["near_zero"] for m in ms]),
+                            "test_bce": stats.summary([m["test_bce"] for m in ms]), "code_dim": ms[0]["code_dim"]}
+        if "sparse" in rows and "dense" in rows:  # what sparsity does to the code (paired by seed)
+            diff = stats.paired([m["near_zero"] for m in rows["sparse"]], [m["near_zero"] for m in rows["dense"]])
+            result["sparse_vs_dense_near_zero"] = {
+                "diff": diff, "verdict": f"sparse has {_more(stats.verdict(diff))} near-zero codes than dense"}
+        return result
+
+
+def _more(verdict: str) -> str:
+    return {"better": "more", "worse": "fewer"}.get(verdict, "no measurably different share of")

@@ -1,0 +1,101 @@
+"""The memorisation study's records -> intervals, paired differences, verdicts and figures.
+
+Nothing here is typed by hand: every verdict word comes from `stats.verdict` on a paired interval.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import stats
+from ..report import plots
+
+# metric -> whether higher is better (probe_score: lower = less of the input kept, what the seed wants)
+HIGHER = {"test_acc": True, "train_acc": True, "gap_acc": False, "gap_ce": False, "ece": False,
+          "mia_adv": False, "probe_score": False, "probe_mse": True, "noise_memorised": False,
+          "noise_test_acc": True}
+NAMES = {"test_acc": "test accuracy", "mia_adv": "membership-inference advantage",
+         "probe_score": "probe score", "noise_memorised": "noisy labels memorised",
+         "gap_acc": "accuracy gap"}
+
+
+def _column(runs: list[dict], metric: str) -> list[float]:
+    return [r[metric] for r in runs]
+
+
+def _per_size(runs_by_arm: dict[str, list[dict]]) -> dict:
+    """Summaries per arm, and paired differences with verdicts against 'plain'."""
+    base = runs_by_arm["plain"]
+    metrics = [k for k in base[0] if not k.startswith("ref_")]
+    out = {"arms": {a: {m: stats.summary(_column(r, m)) for m in base[0]} for a, r in runs_by_arm.items()},
+           "vs_plain": {}}
+    for arm, runs in runs_by_arm.items():
+        if arm == "plain":
+            continue
+        diffs = {}
+        for m in metrics:
+            d = stats.paired(_column(runs, m), _column(base, m))
+            diffs[m] = d | {"verdict": stats.verdict(d, HIGHER.get(m, True))}
+        out["vs_plain"][arm] = diffs
+    return out
+
+
+def _phrase(diffs: dict, metric: str) -> str:
+    d = diffs[metric]
+    lo, hi = d["ci95"]
+    return f"{NAMES.get(metric, metric)} {d['verdict']} ({d['mean']:+.3g}, 95% CI [{lo:+.3g}, {hi:+.3g}])"
+
+
+def _sentence(key: str, per: dict, lam: float) -> str:
+    """One computed sentence per N about the seed's arm (CE - lam R) and the opposite sign."""
+    parts = []
+    for arm, label in ((f"lam={lam:+g}", f"the memorisation penalty CE - {lam:g}*R"),
+                       (f"lam={-lam:+g}", f"the supervised autoencoder CE + {lam:g}*R")):
+        if arm in per["vs_plain"]:
+            diffs = per["vs_plain"][arm]
+            shown = [_phrase(diffs, m) for m in ("test_acc", "mia_adv", "probe_score", "noise_memorised") if m in diffs]
+            parts.append(f"{label} vs plain training: " + "; ".join(shown))
+    n = per["arms"]["plain"]["test_acc"]["n"]
+    return f"{key} ({n} paired seeds): " + (". ".join(parts) if parts else "no lambda arm to compare") + "."
+
+
+def _figures(records: dict, extras: dict, lambdas: list[float], fig_dir: Path) -> None:
+    lam_arms = ["plain" if lam == 0 else f"lam={lam:+g}" for lam in lambdas]
+    for metric in HIGHER:
+        ys = {}
+        for key, by_arm in records.items():
+            if metric in by_arm["plain"][0]:
+                cols = [np.array(_column(by_arm[a], metric)) for a in lam_arms]
+                ys[key] = (np.array([c.mean() for c in cols]), np.array([c.std(ddof=0) for c in cols]))
+        if ys:
+            fig = plots.metric_vs(lambdas, ys, "lambda (< 0: CE + |lam| R, > 0: CE - lam R)",
+                                  metric, f"{metric} against lambda (mean ± std over seeds)")
+            plots.save(fig, fig_dir / f"{metric}_vs_lambda.png")
+    curves = extras.get("curves", {})
+    for term in ("ce", "R", "test_acc"):
+        if curves:
+            ys = {a: (np.array([r[term] for r in c]), None) for a, c in curves.items() if c}
+            x = np.arange(1, len(next(iter(ys.values()))[0]) + 1)
+            plots.save(plots.metric_vs(x, ys, "epoch", term, f"{term} over training (first seed, largest N)"),
+                       fig_dir / f"curve_{term}.png")
+    rec = extras.get("recons", {})
+    if rec:
+        y = extras["test_y"]
+        idx = [int(np.flatnonzero(y == c)[0]) for c in np.unique(y)][:10]  # one test image per class
+        rows = [rec[a][idx].cpu().numpy() for a in rec]
+        fig = plots.image_grid(np.concatenate(rows), len(idx), title="rows: " + ", ".join(rec))
+        plots.save(fig, fig_dir / "probe_reconstructions.png")
+
+
+def report(cfg, records: dict, extras: dict, out: Path) -> dict:
+    """The study's metrics dict (run_study writes it); figures under out/figures."""
+    lam = cfg.headline_lambda if cfg.headline_lambda in cfg.lambdas else max(cfg.lambdas)
+    metrics: dict = {"verdict": {}}
+    for key, by_arm in records.items():
+        per = _per_size(by_arm)
+        per["verdict"] = metrics["verdict"][key] = _sentence(key, per, abs(lam))
+        metrics[key] = per
+    metrics["tuning"] = extras["tuning"]
+    _figures(records, extras, sorted(cfg.lambdas), Path(out) / "figures")
+    return metrics

@@ -1,0 +1,172 @@
+"""Nothing is lost: kill -9 at several points, SIGINT mid-epoch, a full disk, and bad checkpoints.
+
+The kill tests run training in a child process that kills itself (SIGKILL, no clean-up) at a
+chosen point, then resume with `aelab train --resume` and compare the final weights, bit for bit,
+with a run that was never stopped.
+"""
+import errno
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aelab import checkpoint as ckpt
+from aelab import engine
+from aelab.config import TrainConfig
+from aelab.errors import CheckpointError, DataError
+from aelab.models import build_model
+
+ARGS = ["model=dense", "train.epochs=3", "train.batch_size=16", "eval.tsne=false", "train.progress=off",
+        "train.corrupt=dropout", "train.corrupt_level=0.2"]
+
+# Runs `aelab train` in this process after arranging to SIGKILL itself at a chosen point.
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import aelab.checkpoint, aelab.data.device
+    from aelab.cli import main
+    where, n = sys.argv[1], int(sys.argv[2])
+    calls = {"batch": 0, "write": 0}
+    if where == "batch":  # mid-epoch, before the n-th batch
+        orig = aelab.data.device.DeviceData.batch
+        def batch(self, idx):
+            calls["batch"] += 1
+            if calls["batch"] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return orig(self, idx)
+        aelab.data.device.DeviceData.batch = batch
+    else:  # "write": the n-th checkpoint write dies half way; "after": right after the n-th
+        orig_write = aelab.checkpoint.atomic_write
+        def write(path, data):
+            if path.name == "checkpoint.safetensors":
+                calls["write"] += 1
+                if calls["write"] == n and where == "write":
+                    with open(path.with_name("." + path.name + ".tmp-dead"), "wb") as f:
+                        f.write(data[: len(data) // 2])
+                    os.kill(os.getpid(), signal.SIGKILL)
+            orig_write(path, data)
+            if where == "after" and calls["write"] == n and path.name == "checkpoint.safetensors":
+                os.kill(os.getpid(), signal.SIGKILL)
+        aelab.checkpoint.atomic_write = write
+    sys.argv = ["aelab", "train", *sys.argv[3:]]
+    main()
+""")
+
+
+def aelab(*args, script=None, timeout=300):
+    cmd = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "aelab", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run and the data it used."""
+    root = tmp_path_factory.mktemp("ref")
+    from conftest import make_blobs
+    import numpy as np
+
+    ds = make_blobs()
+    data = root / "blobs.npz"
+    np.savez(data, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
+    args = [f"data=npz:{data}", f"out_dir={root}", "name=ref", *ARGS]
+    done = aelab("train", *args)
+    assert done.returncode == 0, done.stderr
+    return args, load_file(root / "ref" / "model.safetensors")
+
+
+@pytest.mark.parametrize("where, n", [("batch", 5), ("batch", 20), ("after", 1), ("write", 2)])
+def test_kill_9_then_resume_gives_identical_weights(reference, tmp_path, where, n):
+    args, ref = reference
+    run_args = [a for a in args if not a.startswith(("out_dir=", "name="))] + [f"out_dir={tmp_path}", "name=k"]
+    killed = aelab(where, str(n), *run_args, script=CHILD)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = aelab("train", "--resume", str(tmp_path / "k"))
+    assert resumed.returncode == 0, resumed.stderr
+    weights = load_file(tmp_path / "k" / "model.safetensors")
+    assert all(torch.equal(weights[k], ref[k]) for k in ref)
+    history = [json.loads(line) for line in (tmp_path / "k" / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+
+
+def test_sigint_mid_epoch_checkpoints_and_resumes_exactly(blob_splits, tmp_path, monkeypatch):
+    cfg = TrainConfig(epochs=2, batch_size=16, progress="off", corrupt="gaussian", corrupt_level=0.1)
+    torch.manual_seed(0)
+    full = build_model("dense", (1, 8, 8))
+    engine.fit(full, blob_splits.train, cfg)
+
+    calls = {"n": 0}
+    orig = type(blob_splits.train).batch
+
+    def batch(self, idx):  # SIGINT arrives while the 15th batch is in flight
+        calls["n"] += 1
+        if calls["n"] == 15:
+            signal.raise_signal(signal.SIGINT)
+        return orig(self, idx)
+
+    monkeypatch.setattr(type(blob_splits.train), "batch", batch)
+    torch.manual_seed(0)
+    model = build_model("dense", (1, 8, 8))
+    with pytest.raises(engine.TrainingInterrupted, match="resume with `aelab train --resume"):
+        engine.fit(model, blob_splits.train, cfg, run_dir=tmp_path)
+    monkeypatch.undo()
+    _, doc = ckpt.load_tensors(tmp_path / engine.CHECKPOINT)
+    assert doc["state"]["epoch"] == 1 and doc["state"]["batch"] == 3  # 12 batches an epoch: mid-epoch 2
+    again = build_model("dense", (1, 8, 8))
+    engine.fit(again, blob_splits.train, cfg, run_dir=tmp_path, resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), again.state_dict().values()))
+
+
+def test_disk_full_keeps_previous_checkpoint(blob_splits, tmp_path, monkeypatch):
+    cfg = TrainConfig(epochs=3, batch_size=16, progress="off")
+    saves = {"n": 0}
+    orig = os.replace
+
+    def full_disk(src, dst):
+        if str(dst).endswith(engine.CHECKPOINT):
+            saves["n"] += 1
+            if saves["n"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return orig(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(CheckpointError, match="No space left on device.*previous file is untouched"):
+        engine.fit(build_model("dense", (1, 8, 8)), blob_splits.train, cfg, run_dir=tmp_path)
+    monkeypatch.undo()
+    _, doc = ckpt.load_tensors(tmp_path / engine.CHECKPOINT)
+    assert doc["state"]["epoch"] == 1
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no temp file left behind
+
+
+def test_checkpoint_that_is_a_pickle_is_refused_without_unpickling(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(pickle.dumps({"w": Boom()}))
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        ckpt.load_tensors(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoint_of_another_model_or_tampered_shape(tmp_path):
+    dense = build_model("dense", (1, 8, 8))
+    ckpt.save_model(tmp_path / "d.safetensors", dense, {})
+    tensors, _ = ckpt.load_tensors(tmp_path / "d.safetensors")
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        ckpt.load_state(build_model("conv", (1, 8, 8)), tensors, "d.safetensors")
+    tensors["encoder.1.weight"] = torch.zeros(3, 64)
+    with pytest.raises(CheckpointError, match=r"has shape \(3, 64\), the model expects \(32, 64\)"):
+        ckpt.load_state(dense, tensors, "d.safetensors")
+
+
+def test_images_that_do_not_fit_the_model(blob_splits):
+    with pytest.raises(DataError, match="images are 1x8x8 .* built for 1x28x28"):
+        engine.fit(build_model("dense", (1, 28, 28)), blob_splits.train, TrainConfig(epochs=1, progress="off"))

@@ -1,0 +1,129 @@
+"""The hashing study and its retrieval maths: packed Hamming distances, metrics with fair ties, Gini,
+ITQ, and the study end to end on tiny data. The 10k x 60k timing is opt-in: `pytest -m slow`.
+
+    .venv/bin/pytest tests/test_studies_hashing.py -q
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+
+import numpy as np
+import pytest
+
+from aelab.errors import ConfigError
+from aelab.retrieval import (evaluate_hash, expected_ap, expected_precision_at, gini, hamming,
+                             index_buckets, nearest, pack_bits, weighted_gini)
+from aelab.studies import run_study
+from aelab.studies.hashing_baselines import ITQ, LSH
+
+
+def brute_ap(order: list[int]) -> float:
+    hits, total = 0, 0.0
+    for i, r in enumerate(order):
+        if r:
+            hits += 1
+            total += hits / (i + 1)
+    return total / hits
+
+
+def all_tie_orders(rel: list[int], tot: list[int]) -> list[list[int]]:
+    """Every distinct ranking when each tie block is shuffled (each equally likely)."""
+    blocks = [sorted(set(itertools.permutations([1] * r + [0] * (t - r)))) for r, t in zip(rel, tot)]
+    return [[x for b in combo for x in b] for combo in itertools.product(*blocks)]
+
+
+@pytest.mark.parametrize("bits", [7, 32, 64, 70])
+def test_hamming_matches_brute_force(bits):
+    rng = np.random.default_rng(bits)
+    q, db = rng.random((13, bits)) > 0.5, rng.random((50, bits)) > 0.5
+    want = (q[:, None, :] != db[None]).sum(-1)
+    np.testing.assert_array_equal(hamming(pack_bits(q), pack_bits(db)), want)
+    np.testing.assert_array_equal(nearest(q, db, 5), np.argsort(want, axis=1, kind="stable")[:, :5])
+
+
+def test_ap_without_ties_is_plain_ap():
+    # ranks 1 and 3 relevant: AP = (1/1 + 2/3) / 2
+    ap = expected_ap(np.array([[1, 0, 1, 0]]), np.array([[1, 1, 1, 1]]))
+    assert ap[0] == pytest.approx((1 + 2 / 3) / 2)
+
+
+@pytest.mark.parametrize("rel,tot", [([1, 0, 2, 1], [2, 1, 3, 2]), ([0, 3, 1], [2, 4, 3]), ([2], [5])])
+def test_expected_ap_averages_over_tie_orders(rel, tot):
+    want = np.mean([brute_ap(o) for o in all_tie_orders(rel, tot)])
+    assert expected_ap(np.array([rel]), np.array([tot]))[0] == pytest.approx(want)
+
+
+def test_precision_at_k_with_ties():
+    # block of 2 (1 relevant) then a block of 4 (2 relevant); k = 4 takes 2 of the 4 tied items
+    rel, tot = np.array([[1, 2]]), np.array([[2, 4]])
+    orders = all_tie_orders([1, 2], [2, 4])
+    want = np.mean([sum(o[:4]) / 4 for o in orders])
+    assert expected_precision_at(rel, tot, 4)[0] == pytest.approx(want) == pytest.approx(0.5)
+    assert expected_precision_at(rel, tot, 100)[0] == pytest.approx(3 / 6)  # k capped at the index size
+    assert np.isnan(expected_ap(np.array([[0, 0]]), tot)[0])  # no relevant item: AP undefined
+
+
+def test_gini_on_hand_made_buckets():
+    counts = np.array([[4, 0, 0], [1, 1, 0], [0, 0, 0]])
+    g = gini(counts)
+    assert g[0] == 0 and g[1] == pytest.approx(0.5) and np.isnan(g[2])
+    assert weighted_gini(counts) == pytest.approx((4 * 0 + 2 * 0.5) / 6)
+    packed = pack_bits(np.array([[0, 1], [0, 1], [1, 1], [1, 1], [1, 1]], bool))
+    b = index_buckets(packed, np.array([0, 0, 0, 1, 1]), 2)
+    assert b["count"] == 2 and b["max_occupancy"] == 3 and b["gini"] == pytest.approx(3 * (1 - 5 / 9) / 5)
+
+
+def test_evaluate_hash_on_perfect_codes():
+    # every class its own code: mAP 1, pure buckets; a flipped code for class 1 degrades it
+    y = np.repeat(np.arange(4), 10)
+    codes = np.eye(4, 8, dtype=bool)[y]
+    res = evaluate_hash(codes, y, codes, y, k=5)
+    assert res["map"] == pytest.approx(1) and res["precision_at_5"] == pytest.approx(1)
+    assert res["gini_r0"] == 0 and res["index_count"] == 4 and res["empty_r0"] == 0
+    assert res["gini_r2"] > 0  # one-hot codes are 2 apart: the radius-2 ball mixes classes
+    noisy = codes.copy()
+    noisy[y == 1] = codes[0]
+    assert evaluate_hash(noisy, y, noisy, y, k=5)["map"] < 1
+
+
+def test_itq_reduces_quantisation_error_vs_pca_sign():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 20)) @ rng.standard_normal((20, 20))
+    itq = ITQ(8, seed=0).fit(x)
+    assert itq.quantisation_error(x) < itq.quantisation_error(x, np.eye(8))
+    assert itq.transform(x).shape == (500, 8) and LSH(8).fit(x).transform(x).shape == (500, 8)
+    with pytest.raises(ConfigError):
+        ITQ(30).fit(x)
+
+
+def test_hashing_study_end_to_end(tmp_path, blobs_npz):
+    path = run_study("hashing", overrides=[
+        f"data={blobs_npz}", "seeds=2", "bits=8", "hidden=(32,16)", "train.epochs=2", "cnn_epochs=1",
+        "tune=true", "tune_noise=(1.0,4.0)", "tune_hidden=((32,16),)", "train.progress=off",
+        "train.batch_size=32", f"out_dir={tmp_path}"])
+    m = json.loads((path / "metrics.json").read_text())
+    for method in ("ae", "itq", "lsh", "cnn"):
+        assert {"map", "precision_at_100", "gini_r0", "gini_r2", "index_count"} <= set(m[method])
+        assert m[method]["map"]["n"] == 2 and 0 < m[method]["map"]["mean"] <= 1
+        assert (path / "figures" / f"neighbours_{method}.png").stat().st_size > 0
+    assert m["setup"]["tuned"]["noise_std"] in (1.0, 4.0) and len(m["setup"]["tuned"]["val_map"]) == 2
+    assert m["verdict"].startswith("AE hash vs PCA-ITQ mAP at 8 bits:")
+    assert "ci95" in m["ae_minus_itq_map"]
+
+
+def test_hashing_rejects_bad_config(tmp_path):
+    with pytest.raises(ConfigError):
+        run_study("hashing", overrides=["bits=0", f"out_dir={tmp_path}"])
+
+
+@pytest.mark.slow
+def test_ranking_10k_by_60k_takes_seconds():
+    rng = np.random.default_rng(0)
+    db, q = rng.random((60_000, 32)) > 0.5, rng.random((10_000, 32)) > 0.5
+    t0 = time.perf_counter()
+    evaluate_hash(q, rng.integers(0, 10, 10_000), db, rng.integers(0, 10, 60_000))
+    seconds = time.perf_counter() - t0
+    print(f"10k x 60k at 32 bits: {seconds:.1f} s")
+    assert seconds < 60
