@@ -332,6 +332,7 @@ def load_checkpoint(path: Path, model, opts: dict, state: FitState):
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, data: DeviceData, batch_size: int = 1024) -> dict[str, float]:
     """Means over `data` of `model.metrics(batch)`, on clean inputs, in eval mode; one sync at the end."""
+    _check_shape(model, data)
     was_training = model.training
     model.eval()
     sums: dict[str, torch.Tensor] = {}

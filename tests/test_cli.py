@@ -38,8 +38,17 @@ def test_train_writes_every_artifact_and_report(tmp_path, blobs_npz):
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # never overwrites
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     resumed = subprocess.run(AELAB + ["train", "--resume", str(run)], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 2 and "already finished" in resumed.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in run.rglob("*")}  # changes nothing
+
+    other = tmp_path / "other.npz"  # eval on images of another size: one line, not a traceback
+    import numpy as np
+    np.savez(other, x_train=np.zeros((20, 5, 5), np.uint8), y_train=np.arange(20) % 2,
+             x_test=np.zeros((10, 5, 5), np.uint8), y_test=np.arange(10) % 2)
+    bad = subprocess.run(AELAB + ["eval", str(run), f"data=npz:{other}"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "images are 1x5x5" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_vae_run_has_samples_and_elbo(tmp_path, blobs_npz, monkeypatch, capsys):
@@ -64,6 +73,8 @@ def test_vae_run_has_samples_and_elbo(tmp_path, blobs_npz, monkeypatch, capsys):
     (["eval", "/no/such/run"], "not an aelab run folder"),
     (["report", "/no/such/run"], "not an aelab run folder"),
     (["train", "--resume", "/no/such/run"], "not an aelab run folder"),
+    (["study", "nosuch"], "unknown study 'nosuch'"),
+    (["train", "data=digits", "data.labels_per_class=500"], "asked for 500 labels of class"),
 ])
 def test_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, args, fragment):
     monkeypatch.chdir(tmp_path)
