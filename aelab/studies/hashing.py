@@ -8,7 +8,7 @@ pixels, and the rounded logistic penultimate layer of a CNN classifier (Guo & Li
 labels, the others do not). `tune=true` picks the noise std and layer sizes by mAP on a split of the
 training set before the seeds run.
 
-    aelab study hashing data=fashion-mnist            # ~15 min on 2 CPU cores
+    aelab study hashing data=fashion-mnist            # ~10-15 min on 2 idle CPU cores (estimate)
     aelab study hashing data=fashion-mnist bits=64 tune=true
 """
 from __future__ import annotations
@@ -45,13 +45,13 @@ class HashingConfig(StudyConfig):
     k: int = 100  # precision@k
     radius: int = 2  # Hamming ball for the lookup statistics
     cnn_epochs: int = 3  # the CNN-hash baseline's training epochs
-    tune: bool = False  # choose noise_std and hidden by mAP on a split of the training set
+    tune: bool = False  # choose noise_std, hidden by mAP on a split of the training set (train.epochs // 3 each)
     tune_noise: tuple[float, ...] = (2.0, 4.0, 8.0)
     tune_hidden: tuple[tuple[int, ...], ...] = ((512, 256), (256, 128))
     tune_fraction: float = 0.2  # the training images held out as queries while tuning
     show_queries: int = 8  # rows of the neighbours page
     neighbours: int = 10  # neighbours shown per query
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=1e-3))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, progress="off"))
 
     def check(self) -> None:
         super().check()
