@@ -24,6 +24,7 @@ from .data.device import DeviceData
 from .errors import AelabError, DataError
 from .progress import Progress
 from . import checkpoint as ckpt
+from . import distributed
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -93,6 +94,7 @@ class _Stepper:
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
         self.prefix = len(self.players) > 1
         self.sync_check = cfg.max_bad_steps > 0 or cfg.grad_clip > 0
+        self.dist = distributed.current()  # one process: every call on it is a no-op
 
     def set_lr(self, lr: float) -> None:
         for p in self.players:
@@ -109,6 +111,7 @@ class _Stepper:
                     out = self.model(batch, p.name)
                 self.model.zero_grad(set_to_none=True)
                 out["loss"].backward()
+                self.dist.average_grads(p.params)  # data-parallel: the global batch's gradient
                 if self._finite_or_skip(p.params, out, step, state):
                     self.opts[p.name].step()
             for k, v in out.items():
@@ -175,6 +178,11 @@ class _Loop:
         self.total = cfg.epochs * self.per_epoch
         self.gen = torch.Generator(self.device)
         self.partial: dict[str, torch.Tensor] = {}  # a mid-epoch checkpoint's loop tensors
+        self.dist = distributed.current()
+        if self.dist.active:  # same start everywhere; different noise draws (VAE sampling) per rank
+            self.dist.check_batch(self.bsz)
+            self.dist.broadcast_module(model)
+            torch.manual_seed(seed * 7919 + self.dist.rank)
 
     def restore(self) -> None:
         self.best_weights, self.partial = load_checkpoint(self.path, self.model, self.stepper.opts, self.state)
@@ -199,7 +207,9 @@ class _Loop:
         """One pass over a seeded permutation; the loss terms are summed on the device."""
         state, bsz, gen = self.state, self.bsz, self.gen
         gen.manual_seed(self.seed * 1_000_003 + epoch)  # a pure function of (seed, epoch): resumable
-        perm = torch.randperm(len(self.train), generator=gen, device=self.device)
+        perm = self.train.permutation(gen)  # the same on every rank: each takes its shard of a batch
+        if self.dist.active:  # corruption noise differs per rank (its own rows)
+            gen.manual_seed((self.seed * 1_000_003 + epoch) * 1_009 + self.dist.rank + 1)
         sums = {k[5:]: v.to(self.device) for k, v in self.partial.items() if k.startswith("sums.")}
         first_bad = self.partial.get("first_bad", torch.tensor(-1)).to(self.device)
         if "gen" in self.partial:  # resuming mid-epoch: the corruption draws continue where they stopped
@@ -209,7 +219,8 @@ class _Loop:
         self.progress.start_epoch(epoch)
         for i in range(state.batch, self.per_epoch):
             self.stepper.set_lr(lr_at(self.cfg, state.step, self.total))
-            batch = prepare(self.train.batch(perm[i * bsz:(i + 1) * bsz]), self.cfg, self.augment, gen)
+            rows = self.dist.shard(perm[i * bsz:(i + 1) * bsz])
+            batch = prepare(self.train.batch(rows), self.cfg, self.augment, gen)
             out = self.stepper(batch, state.step, state)
             for k, v in out.items():
                 sums[k] = sums[k] + v if k in sums else v
@@ -218,9 +229,10 @@ class _Loop:
             state.step += 1
             state.batch = i + 1
             self.progress.step(i, sums)
-            if self.signals.caught:
+            if self._stop_requested():
                 self._interrupted(sums, first_bad)
-        if int(first_bad) >= 0 and not self.cfg.max_bad_steps:
+        sums = self.dist.mean(sums)
+        if self.dist.any(int(first_bad) >= 0, self.device) and not self.cfg.max_bad_steps:
             raise _diverged(int(first_bad), {k: float(v) / self.per_epoch for k, v in sums.items()})
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "step": state.step, "lr": lr_at(self.cfg, state.step - 1, self.total)}
@@ -228,7 +240,12 @@ class _Loop:
         row.update(time=seconds, samples_per_s=self.per_epoch * bsz / seconds, skipped=state.skipped)
         return row
 
+    def _stop_requested(self) -> bool:
+        # Under torchrun every rank must stop at the same step; agreeing costs a sync per step there.
+        return self.dist.any(bool(self.signals.caught), self.device) if self.dist.active else bool(self.signals.caught)
+
     def _end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
+        self.dist.broadcast_module(self.model, buffers_only=True)  # BatchNorm statistics of rank 0
         if self.val is not None:
             row.update({f"val.{k}": v for k, v in evaluate(self.model, self.val).items()})
             self.best_weights = _early_stop(self.model, self.cfg, self.state, row, self.best_weights)
@@ -240,13 +257,13 @@ class _Loop:
             self.on_epoch(row)
 
     def _save(self, loop_tensors: dict[str, torch.Tensor] | None = None) -> None:
-        if self.path is not None:
+        if self.path is not None and self.dist.is_main:  # rank 0 writes; the others only compute
             save_checkpoint(self.path, self.model, self.stepper.opts, self.state, self.best_weights,
                             self.meta, loop_tensors or {})
 
     def _interrupted(self, sums: dict[str, torch.Tensor], first_bad: torch.Tensor) -> None:
         """SIGINT/SIGTERM after a finished step: checkpoint mid-epoch (if the loss is still finite), stop."""
-        name = signal.Signals(self.signals.caught).name
+        name = signal.Signals(self.signals.caught).name if self.signals.caught else "a signal to another rank"
         if self.path is None:
             raise TrainingInterrupted(f"interrupted by {name} at step {self.state.step}")
         if int(first_bad) < 0:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import __version__, analysis
+from . import __version__, analysis, distributed
 from .checkpoint import atomic_write_text, load_state, load_tensors, save_model
 from .config import RunConfig, from_dict, make_config, to_dict
 from .data import load_dataset
@@ -66,8 +66,16 @@ def train(cfg: RunConfig | None = None, *, config_file: str | Path | None = None
     """Train a model as `cfg` (or the defaults with a TOML file and `key=value` overrides) says."""
     cfg = make_config(cfg or RunConfig(), config_file, list(overrides))
     data = load_splits(cfg)  # bad data fails here, before a run folder exists
-    path = claim_run_dir(Path(cfg.out_dir) / cfg.run_name, force)
-    atomic_write_text(path / "config.json", json.dumps(to_dict(cfg), indent=2))
+    path, ctx, failed = Path(cfg.out_dir) / cfg.run_name, distributed.current(), None
+    if ctx.is_main:  # under torchrun only rank 0 claims the folder and writes files
+        try:
+            claim_run_dir(path, force)
+            atomic_write_text(path / "config.json", json.dumps(to_dict(cfg), indent=2))
+        except CheckpointError as e:
+            failed = e
+    if ctx.any(failed is not None, data[1].train.device):  # every rank stops, not only rank 0
+        distributed.teardown()
+        raise failed or CheckpointError(f"rank 0 could not claim the run folder {path}")
     return _execute(cfg, path, data, resume=False)
 
 
@@ -94,7 +102,7 @@ def resume(path: str | Path) -> Path:
 
 def load_splits(cfg: RunConfig) -> tuple[Any, Splits]:
     ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
-    device = pick_device(cfg.train.device)
+    _, device = distributed.setup(pick_device(cfg.train.device))  # torchrun: join the group, cuda:LOCAL_RANK
     return ds, to_device(ds, device, cfg.data.val_fraction, cfg.seed, cfg.data.labels_per_class,
                          cfg.data.label_fraction)
 
@@ -112,9 +120,12 @@ def _execute(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resume: bool)
         for stage in model.pretrain_stages():  # greedy layer-wise pretraining, where the model has it
             fit(stage, splits.train, pre, seed=cfg.seed, augment=cfg.data)
     rows = list(load_tensors(path / CHECKPOINT)[1]["state"]["history"]) if resume else []
-    board = _tensorboard(path)
+    ctx = distributed.current()
+    board = _tensorboard(path) if ctx.is_main else None
 
     def log_epoch(row: dict) -> None:  # the whole file each epoch: a resumed run rewrites it consistently
+        if not ctx.is_main:
+            return
         rows.append(row)
         atomic_write_text(path / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         if board is not None:
@@ -126,6 +137,12 @@ def _execute(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resume: bool)
     history = fit(model, splits.train, cfg.train, val=splits.val, seed=cfg.seed, augment=cfg.data,
                   run_dir=path, resume=resume, meta={"config": to_dict(cfg)}, on_epoch=log_epoch)
     meta["train_seconds"] = time.perf_counter() - t0
+    if ctx.active:
+        meta["processes"] = ctx.world
+        if not ctx.is_main:  # rank 0 writes the model, metrics, figures and report
+            ctx.barrier()
+            distributed.teardown()
+            return path
     save_model(path / "model.safetensors", model, {"config": to_dict(cfg), "input_shape": list(ds.shape),
                                                    "num_classes": ds.num_classes})
     metrics = analysis.run_metrics(model, splits, cfg)
@@ -134,6 +151,9 @@ def _execute(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resume: bool)
     atomic_write_text(path / "metrics.json", json.dumps(metrics, indent=2))
     (path / CHECKPOINT).unlink(missing_ok=True)  # the final weights are in model.safetensors
     write_report(path)
+    if ctx.active:
+        ctx.barrier()
+        distributed.teardown()
     return path
 
 

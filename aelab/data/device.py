@@ -39,6 +39,10 @@ class DeviceData:
     def device(self) -> torch.device:
         return self.x.device
 
+    def permutation(self, gen: torch.Generator) -> torch.Tensor:
+        """One epoch's order of the rows, (N,) on the device; a streamed set orders by chunks instead."""
+        return torch.randperm(len(self), generator=gen, device=self.device)
+
     def batch(self, idx: torch.Tensor | slice) -> dict[str, torch.Tensor]:
         """Images as float in [0, 1] and labels for the rows `idx`."""
         x = self.x[idx].float().div_(255.0)

@@ -1,0 +1,54 @@
+"""Data-parallel training: two gloo processes under torchrun give the single-process result."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from aelab import distributed
+from aelab.checkpoint import load_tensors
+from aelab.distributed import DistributedContext
+from aelab.errors import ConfigError
+from aelab.runs import train
+
+KEYS = ["model=dense", "train.epochs=2", "train.batch_size=16", "train.progress=off", "train.device=cpu",
+        "eval.tsne=false", "data.val_fraction=0.2"]
+
+
+def test_shards_split_a_global_batch_without_overlap():
+    idx = torch.arange(16)
+    parts = [DistributedContext(r, 4).shard(idx) for r in range(4)]
+    assert sorted(torch.cat(parts).tolist()) == list(range(16))
+    assert all(len(p) == 4 for p in parts)
+    assert torch.equal(DistributedContext().shard(idx), idx)  # one process: the whole batch
+    with pytest.raises(ConfigError, match="divisible"):
+        DistributedContext(0, 3).check_batch(16)
+
+
+def test_single_process_is_not_distributed():
+    assert not distributed.current().active and distributed.current().is_main
+
+
+def test_torchrun_two_processes_match_one_process(blobs_npz, tmp_path):
+    """Same global batch (16 = 2 x 8): the weights agree to float rounding; rank 0 alone writes."""
+    single = train(overrides=[f"data={blobs_npz}", *KEYS, f"out_dir={tmp_path / 'one'}", "name=r"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "aelab",
+           "train", f"data={blobs_npz}", *KEYS, f"out_dir={tmp_path / 'two'}", "name=r"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = tmp_path / "two" / "r"
+    assert [p.name for p in (tmp_path / "two").iterdir()] == ["r"]
+    assert not list(two.glob("*.tmp*")) and not (two / "checkpoint.safetensors").exists()
+    assert len((two / "history.jsonl").read_text().splitlines()) == 2
+    assert json.loads((two / "metrics.json").read_text())["meta"]["processes"] == 2
+    a, _ = load_tensors(single / "model.safetensors")
+    b, _ = load_tensors(two / "model.safetensors")
+    for k in a:  # summation order differs (two half-batch means, then all-reduce): ~1e-7 relative
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    # the history's training loss is the mean over ranks, i.e. the global batch's loss
+    h1 = [json.loads(r) for r in (single / "history.jsonl").read_text().splitlines()]
+    h2 = [json.loads(r) for r in (two / "history.jsonl").read_text().splitlines()]
+    assert h1[-1]["train.loss"] == pytest.approx(h2[-1]["train.loss"], rel=1e-4)
