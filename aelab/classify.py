@@ -81,10 +81,15 @@ def train_classifier(ae: Autoencoder, labelled: DeviceData, mode: Mode, cfg: Tra
     when the set is so small that they would give fewer than `min_steps` optimiser steps."""
     torch.manual_seed(seed)  # the head's (and a scratch encoder's) initialisation
     clf = Classifier(ae, num_classes, mode)
-    per_epoch = max(1, len(labelled) // min(cfg.batch_size, len(labelled)))
-    epochs = max(cfg.epochs, math.ceil(min_steps / per_epoch))
-    fit(clf, labelled, TrainConfig(**{**vars(cfg), "epochs": epochs, "progress": "off"}), seed=seed)
+    fit(clf, labelled, with_min_steps(cfg, len(labelled), min_steps), seed=seed)
     return clf
+
+
+def with_min_steps(cfg: TrainConfig, n: int, min_steps: int) -> TrainConfig:
+    """A copy of `cfg` with enough epochs over `n` images for at least `min_steps` optimiser steps:
+    a small set (100 labelled images, 8x8 digits) needs many epochs, a large one `cfg.epochs`."""
+    per_epoch = max(1, n // min(cfg.batch_size, n))  # the engine drops the ragged last batch
+    return TrainConfig(**{**vars(cfg), "epochs": max(cfg.epochs, math.ceil(min_steps / per_epoch))})
 
 
 @torch.inference_mode()

@@ -114,6 +114,7 @@ def test_probe_scale_and_class_mean_error():
     assert ms.probe_scale(0.08, 0.08, 0.02) == 0.0
     assert ms.probe_scale(0.02, 0.08, 0.02) == 1.0
     assert ms.probe_scale(0.05, 0.08, 0.02) == pytest.approx(0.5)
+    assert np.isnan(ms.probe_scale(0.05, 0.02, 0.08))  # an AE worse than the class means: no scale
     from aelab.data.device import DeviceData
     x = torch.tensor([[[[0]]], [[[100]]], [[[200]]], [[[250]]]], dtype=torch.uint8)
     train = DeviceData(x, torch.tensor([0, 0, 1, 1]))
@@ -161,18 +162,18 @@ def test_checkpoint_resume_round_trip(tmp_path, blob_splits):
 
 def test_study_end_to_end_on_tiny_digits(tmp_path):
     path = run_study("memorization", overrides=[
-        "data=digits", f"out_dir={tmp_path}", "seeds=2", "sizes=(150,0)", "lambdas=(-1.0,0.0,1.0)",
-        "bounded=('hinge',)", "steps=20", "probe_steps=30", "tune_wd=(0.05,)", "tune_dropout=(0.3,)",
-        "tune_vib=(0.001,)", "noise_sizes=(150,)", "headline_lambda=1.0", "train.batch_size=64"])
+        "data=digits", f"out_dir={tmp_path}", "seeds=2", "sizes=(100,300)", "lambdas=(-1.0,0.0,1.0)",
+        "bounded=('hinge',)", "steps=12", "probe_steps=20", "tune_wd=(0.05,)", "tune_dropout=(0.3,)",
+        "tune_vib=(0.001,)", "noise_sizes=(100,)", "headline_lambda=1.0", "train.batch_size=64"])
     metrics = json.loads((path / "metrics.json").read_text())
-    assert set(metrics["verdict"]) == {"N=150", "N=1437"}
+    assert set(metrics["verdict"]) == {"N=100", "N=300"}
     words = ("better", "worse", "no measurable difference")
     for key, sentence in metrics["verdict"].items():
         d = metrics[key]["vs_plain"]["lam=+1"]["test_acc"]
         assert d["verdict"] in words and len(d["ci95"]) == 2 and d["n"] == 2
         assert f"test accuracy {d['verdict']}" in sentence  # the sentence is read off the interval
         assert set(metrics[key]["arms"]) >= {"plain", "lam=+1", "lam=-1", "hinge lam=1", "weight decay", "dropout", "vib"}
-    assert "noise_memorised" in metrics["N=150"]["arms"]["plain"]
-    assert "noise_memorised" not in metrics["N=1437"]["arms"]["plain"]
+    assert "noise_memorised" in metrics["N=100"]["arms"]["plain"]
+    assert "noise_memorised" not in metrics["N=300"]["arms"]["plain"]
     figures = {p.name for p in (path / "figures").iterdir()}
     assert {"probe_reconstructions.png", "test_acc_vs_lambda.png", "curve_R.png"} <= figures

@@ -36,8 +36,9 @@ def test_bad_perplexity_is_a_config_error(tmp_path):
 
 
 def test_embedding_study_end_to_end_on_digits(tmp_path):
-    path = run_study("embedding", overrides=[f"out_dir={tmp_path}", "seeds=2", "points=150", "perplexity=10",
-                                             "train.epochs=2", "linear_epochs=40", "train.device=cpu"])
+    path = run_study("embedding", overrides=[
+        f"out_dir={tmp_path}", "seeds=2", "min_steps=0", "points=150", "perplexity=10",
+        "train.epochs=2", "linear_epochs=40", "train.device=cpu"])
     m = json.loads((path / "metrics.json").read_text())
     for route in ("pca_pixels", "tsne_pixels", "ae_tsne", "ae_2d"):
         assert set(m[route]) == {"knn1", "knn5", "trust"} and m[route]["knn5"]["n"] == 2

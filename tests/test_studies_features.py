@@ -36,8 +36,9 @@ def test_unknown_model_is_a_config_error(tmp_path):
 
 
 def test_features_study_end_to_end_on_digits(tmp_path):
-    path = run_study("features", overrides=[f"out_dir={tmp_path}", "seeds=2", "train.epochs=2", "train.device=cpu",
-                                            "models=['dense','sparse','conv']", "units=4"])
+    path = run_study("features", overrides=[
+        f"out_dir={tmp_path}", "seeds=2", "min_steps=0", "train.epochs=2", "train.device=cpu",
+        "models=['dense','sparse','conv']", "units=4"])
     m = json.loads((path / "metrics.json").read_text())
     for name in ("dense", "sparse", "conv"):
         assert m[name]["near_zero"]["n"] == 2 and 0 <= m[name]["near_zero"]["mean"] <= 1

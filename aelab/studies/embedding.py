@@ -24,6 +24,7 @@ from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from .. import stats
+from ..classify import with_min_steps
 from ..config import TrainConfig
 from ..data import load_dataset
 from ..data.device import pick_device, to_device
@@ -43,6 +44,7 @@ class EmbeddingConfig(StudyConfig):
     perplexity: float = 30.0
     linear_dim: int = 16  # components of the linear-AE vs PCA check
     linear_epochs: int = 30  # the linear AE needs more epochs than the others to reach PCA
+    min_steps: int = 2000  # ... and every AE at least this many steps (small sets: more epochs)
     thumbnails: int = 12  # images drawn on each scatter plot
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, progress="off"))
 
@@ -70,7 +72,8 @@ def train_ae(cfg: EmbeddingConfig, name: str, latent: int, train, shape, seed: i
     model_cfg = build_model(name, shape).cfg
     model_cfg.latent_dim = latent
     model = build_model(model_cfg, shape)
-    fit(model, train, TrainConfig(**{**vars(cfg.train), "epochs": epochs}), seed=seed)
+    fit(model, train, with_min_steps(TrainConfig(**{**vars(cfg.train), "epochs": epochs}), len(train),
+                                     cfg.min_steps), seed=seed)
     return model
 
 
@@ -133,6 +136,7 @@ class EmbeddingStudy:
     def run(self, cfg: EmbeddingConfig, out: Path) -> dict:
         if cfg.quick:  # the smaller preset: fewer points and epochs
             cfg.points, cfg.train.epochs, cfg.linear_epochs = min(cfg.points, 1000), min(cfg.train.epochs, 5), 15
+            cfg.min_steps = min(cfg.min_steps, 500)
         ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
         cfg.points = min(cfg.points, len(ds.y_test))
         per_seed = []

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import stats
+from ..classify import with_min_steps
 from ..config import TrainConfig
 from ..data import load_dataset
 from ..data.device import pick_device, to_device
@@ -33,6 +34,7 @@ class FeaturesConfig(StudyConfig):
     models: tuple[str, ...] = ("dense", "deep", "sparse", "tied", "conv")
     units: int = 16  # code units shown in the top-activating figures
     top: int = 9  # images per unit
+    min_steps: int = 1500  # optimiser steps at least (small data sets get more epochs)
     zero_tol: float = 0.01  # "near zero": |z| below this fraction of the model's largest |z|
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, progress="off"))
 
@@ -73,7 +75,7 @@ def near_zero_fraction(codes: np.ndarray, tol: float) -> float:
 def one_model(cfg: FeaturesConfig, name: str, splits, shape, seed: int) -> tuple[nn.Module, np.ndarray, dict]:
     torch.manual_seed(seed)
     model = build_model(name, shape)
-    fit(model, splits.train, cfg.train, seed=seed)
+    fit(model, splits.train, with_min_steps(cfg.train, len(splits.train), cfg.min_steps), seed=seed)
     codes = encode_all(model, splits.test).numpy()  # (N_test, D)
     m = {"near_zero": near_zero_fraction(codes, cfg.zero_tol), "test_bce": evaluate(model, splits.test)["bce"],
          "code_dim": codes.shape[1]}
@@ -100,7 +102,7 @@ class FeaturesStudy:
 
     def run(self, cfg: FeaturesConfig, out: Path) -> dict:
         if cfg.quick:
-            cfg.train.epochs = min(cfg.train.epochs, 3)
+            cfg.train.epochs, cfg.min_steps = min(cfg.train.epochs, 3), min(cfg.min_steps, 300)
         ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
         rows: dict[str, list[dict]] = {name: [] for name in cfg.models}
         for i in range(cfg.seeds):

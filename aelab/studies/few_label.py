@@ -20,7 +20,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 
 from .. import stats
-from ..classify import MODES, accuracy, train_classifier
+from ..classify import MODES, accuracy, train_classifier, with_min_steps
 from ..config import TrainConfig
 from ..data import load_dataset
 from ..data.device import hide_labels, pick_device, to_device
@@ -42,6 +42,7 @@ class FewLabelConfig(StudyConfig):
     clf_min_steps: int = 300  # classifier: clf.epochs over the labelled subset, or more epochs so
     # that a 100-image subset still gets this many optimiser steps
     pca_dim: int = 50
+    min_steps: int = 2000  # AE pretraining: at least this many steps (small data sets get more epochs)
     # denoising pretraining: what the AE sees is masked (dropout of 20% of the pixels)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, corrupt="dropout",
                                                                    corrupt_level=0.2, progress="off"))
@@ -83,7 +84,8 @@ def one_seed(cfg: FewLabelConfig, ds, seed: int, plan) -> dict[str, dict[str, fl
     mcfg = build_model(cfg.model, ds.shape).cfg
     mcfg.latent_dim = cfg.latent_dim
     ae = build_model(mcfg, ds.shape, ds.num_classes)
-    fit(ae, splits.train, cfg.train, seed=seed)  # every training image; the labels are never read
+    # every training image; the labels are never read
+    fit(ae, splits.train, with_min_steps(cfg.train, len(splits.train), cfg.min_steps), seed=seed)
     y_tr = splits.train.y.cpu().numpy()
     x_tr = splits.train.x.flatten(1).float().div(255).cpu().numpy()  # (N, D) for the baselines
     x_te = splits.test.x.flatten(1).float().div(255).cpu().numpy()
@@ -110,6 +112,7 @@ class FewLabelStudy:
     def run(self, cfg: FewLabelConfig, out: Path) -> dict:
         if cfg.quick:
             cfg.train.epochs, cfg.clf.epochs, cfg.clf_min_steps = min(cfg.train.epochs, 5), 2, 150
+            cfg.min_steps = min(cfg.min_steps, 500)
         ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
         probe = to_device(ds, "cpu", cfg.data.val_fraction, cfg.seed).train.y.numpy()
         plan = budgets(cfg, probe)
@@ -139,13 +142,15 @@ def summarise(per_seed: list[dict], plan, cfg: FewLabelConfig) -> dict:
         res["q8"] = {"pretrained_route": pre, "gap_to_scratch_all_labels": gap,
                      "answer": f"with 10% of the labels, {pre} reaches {res['p10'][pre]['mean']:.3f} against "
                                f"{res['p100']['scratch']['mean']:.3f} for scratch on all labels "
-                               f"(difference {gap['mean']:+.3f}, 95% CI {gap['ci95'][0]:+.3f} to {gap['ci95'][1]:+.3f})"}
+                               f"(difference {gap['mean']:+.3f}, 95% CI {gap['ci95'][0]:+.3f} "
+                               f"to {gap['ci95'][1]:+.3f})"}
     return res
 
 
 def draw(res: dict, plan, out: Path) -> None:
     x = [res[name]["n_labels"] for name, _, _ in plan]
-    ys = {r: (np.array([res[n][r]["mean"] for n, _, _ in plan]), np.array([res[n][r]["std"] for n, _, _ in plan]))
+    names = [n for n, _, _ in plan]
+    ys = {r: (np.array([res[n][r]["mean"] for n in names]), np.array([res[n][r]["std"] for n in names]))
           for r in res["routes"]}
     plots.save(plots.metric_vs(x, ys, "labelled training images", "test accuracy",
                                "Test accuracy vs number of labels (mean ± std over seeds)", logx=True),

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import TrainConfig
 from ..data import load_dataset
 from ..data.device import DeviceData, pick_device, to_device
 from ..engine import fit
@@ -114,7 +113,8 @@ def _tune(cfg: MemorizationConfig, train: DeviceData, val: DeviceData, seed: int
     return best, scores
 
 
-def _measure(model, train: DeviceData, test: DeviceData, cfg: MemorizationConfig, ref: dict, seed: int) -> dict:
+def _measure(model, train: DeviceData, test: DeviceData, cfg: MemorizationConfig, ref: dict,
+             seed: int) -> tuple[dict, torch.Tensor]:
     """Every per-run metric of a trained classifier (see the module docstring)."""
     p_tr, ce_tr = ms.per_example(model, train)
     p_te, ce_te = ms.per_example(model, test)

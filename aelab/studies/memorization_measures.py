@@ -55,8 +55,13 @@ def noisy_labels(y: np.ndarray, fraction: float, classes: int, seed: int) -> tup
 
 
 def probe_scale(err_probe: float, err_class_mean: float, err_autoencoder: float) -> float:
-    """0 = the probe is no better than the class-mean image, 1 = as good as the autoencoder reference."""
-    return float((err_class_mean - err_probe) / max(err_class_mean - err_autoencoder, 1e-12))
+    """0 = the probe is no better than the class-mean image, 1 = as good as the autoencoder reference.
+
+    NaN when the reference autoencoder does not beat the class means (too little training): then
+    the scale has no unit, and a number would mislead.
+    """
+    span = err_class_mean - err_autoencoder
+    return float((err_class_mean - err_probe) / span) if span > 0 else math.nan
 
 
 def class_mean_error(train: DeviceData, test: DeviceData, classes: int) -> tuple[float, torch.Tensor]:

@@ -15,6 +15,7 @@ from ..report import plots
 HIGHER = {"test_acc": True, "train_acc": True, "gap_acc": False, "gap_ce": False, "ece": False,
           "mia_adv": False, "probe_score": False, "probe_mse": True, "noise_memorised": False,
           "noise_test_acc": True}
+PLOTTED = ("test_acc", "gap_acc", "gap_ce", "ece", "mia_adv", "probe_score", "noise_memorised")
 NAMES = {"test_acc": "test accuracy", "mia_adv": "membership-inference advantage",
          "probe_score": "probe score", "noise_memorised": "noisy labels memorised",
          "gap_acc": "accuracy gap"}
@@ -62,7 +63,7 @@ def _sentence(key: str, per: dict, lam: float) -> str:
 
 def _figures(records: dict, extras: dict, lambdas: list[float], fig_dir: Path) -> None:
     lam_arms = ["plain" if lam == 0 else f"lam={lam:+g}" for lam in lambdas]
-    for metric in HIGHER:
+    for metric in PLOTTED:
         ys = {}
         for key, by_arm in records.items():
             if metric in by_arm["plain"][0]:
