@@ -22,7 +22,7 @@ from .blocks import activation, numel
 @dataclass
 class DeepConfig(AEConfig):
     latent_dim: int = 30
-    hidden: tuple[int, ...] = (128, 64)  # encoder widths; the decoder mirrors them
+    hidden: tuple[int, ...] = (512, 256)  # mirrored; (128, 64) stalls near 0.0116 MSE on Fashion-MNIST
     activation: Literal["relu", "sigmoid", "tanh", "leaky_relu", "gelu"] = "relu"  # not on the code
     pretrain_epochs: int = 0  # greedy layer-wise pretraining epochs per stage (0 = off)
 
@@ -40,7 +40,7 @@ class DeepAE(Autoencoder):
 
     def __init__(self, cfg: DeepConfig, input_shape, num_classes=10):
         super().__init__(cfg, input_shape, num_classes)
-        sizes = [numel(input_shape), *cfg.hidden, cfg.latent_dim]  # [784, 128, 64, 30]
+        sizes = [numel(input_shape), *cfg.hidden, cfg.latent_dim]  # [784, 512, 256, 30]
         rev = sizes[::-1]
         self.enc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.dec = nn.ModuleList(self.decoder_layer(a, b) for a, b in zip(rev[:-1], rev[1:]))
