@@ -68,7 +68,7 @@ def fit_seeds(build: Callable[[], nn.Module], seeds: list[int], train: DeviceDat
         return functional_call(base, (p, b), ({"x": x, "x_in": x_in, "y": y},))
 
     step_all = vmap(one, randomness="different")  # over the leading seed dimension of every input
-    opt = make_optimizer(list(params.values()), cfg, fused=device.type == "cuda")
+    opt = make_optimizer(list(params.values()), cfg, fused=device.type in ("cuda", "cpu"))
     amp = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     bsz = min(cfg.batch_size, len(train))

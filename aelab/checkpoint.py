@@ -84,3 +84,9 @@ def load_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict[str, tor
     for pid, slots in doc.get("plain", {}).items():
         state.setdefault(int(pid), {}).update(slots)
     opt.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
+    # Saved tensors come back contiguous; give each slot its parameter's layout (channels-last conv
+    # weights), as a fresh optimiser would: fused Adam assumes a slot and its parameter share strides.
+    for param, slots in opt.state.items():
+        for key, val in slots.items():
+            if torch.is_tensor(val) and val.shape == param.shape and val.stride() != param.stride():
+                slots[key] = torch.empty_like(param, dtype=val.dtype).copy_(val)
