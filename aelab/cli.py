@@ -65,14 +65,29 @@ def eval_(run_dir: str, overrides: tuple[str, ...]) -> None:
         click.echo(f"{k:24s} {v:.6g}")
 
 
+def markdown_of(run_dir: Path, only: tuple[str, ...]) -> str:
+    from .errors import DataError
+    from .report.markdown import markdown
+
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        raise DataError(f"{path}: no metrics.json; give a finished run or study folder")
+    return markdown(json.loads(path.read_text()), only)
+
+
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--index", type=click.Path(), help="Also write a page comparing the runs here.")
-def report(run_dirs: tuple[str, ...], index: str | None) -> None:
-    """Rebuild report.html of each run from its artifacts (no training)."""
+@click.option("--markdown", "as_markdown", is_flag=True, help="Print metrics.json as Markdown tables instead.")
+@click.option("--only", multiple=True, help="With --markdown: keep metric keys starting with this (repeatable).")
+def report(run_dirs: tuple[str, ...], index: str | None, as_markdown: bool, only: tuple[str, ...]) -> None:
+    """Rebuild report.html of each run from its artifacts (no training), or print its tables."""
     from .report import write_index, write_report
 
     for d in run_dirs:
+        if as_markdown:
+            click.echo(markdown_of(Path(d), only))
+            continue
         click.echo(write_report(d))
     if index:
         click.echo(write_index([Path(d) for d in run_dirs], Path(index)))

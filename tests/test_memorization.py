@@ -163,7 +163,7 @@ def test_checkpoint_resume_round_trip(tmp_path, blob_splits):
 def test_study_end_to_end_on_tiny_digits(tmp_path):
     path = run_study("memorization", overrides=[
         "data=digits", f"out_dir={tmp_path}", "seeds=2", "sizes=(100,300)", "lambdas=(-1.0,0.0,1.0)",
-        "bounded=('hinge',)", "steps=12", "probe_steps=20", "tune_wd=(0.05,)", "tune_dropout=(0.3,)",
+        "bounded=('hinge',)", "steps=12", "probe_features=64", "tune_wd=(0.05,)", "tune_dropout=(0.3,)",
         "tune_vib=(0.001,)", "noise_sizes=(100,)", "headline_lambda=1.0", "train.batch_size=64"])
     metrics = json.loads((path / "metrics.json").read_text())
     assert set(metrics["verdict"]) == {"N=100", "N=300"}
@@ -177,3 +177,12 @@ def test_study_end_to_end_on_tiny_digits(tmp_path):
     assert "noise_memorised" not in metrics["N=300"]["arms"]["plain"]
     figures = {p.name for p in (path / "figures").iterdir()}
     assert {"probe_reconstructions.png", "test_acc_vs_lambda.png", "curve_R.png"} <= figures
+
+
+def test_probe_score_verdicts_say_higher_or_lower_not_better():
+    from aelab.studies.memorization_report import _word
+
+    up = {"mean": 0.2, "ci95": [0.1, 0.3], "n": 3}
+    assert _word(up, "probe_score") == "higher"  # more of the input kept: the SAE's aim, the penalty's failure
+    assert _word({**up, "ci95": [-0.3, -0.1]}, "probe_score") == "lower"
+    assert _word(up, "mia_adv") == "worse" and _word(up, "test_acc") == "better"

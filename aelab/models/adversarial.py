@@ -144,10 +144,12 @@ class AdversarialClassifier(Autoencoder):
                        lr_scale=self.cfg.decoder_lr_scale)]
 
     def forward(self, batch: dict[str, torch.Tensor], player: str = "classifier") -> dict[str, torch.Tensor]:
-        rep, logits, kl = self._forward_all(batch["x_in"])
-        if player == "decoder":
-            r = self.recon_loss(self.decoder(rep.detach()), batch["x"])
+        if player == "decoder":  # the decoder learns from a detached code: no graph through the encoder
+            with torch.no_grad():
+                rep = self._forward_all(batch["x_in"])[0]
+            r = self.recon_loss(self.decoder(rep), batch["x"])
             return {"loss": r, "R": r}
+        rep, logits, kl = self._forward_all(batch["x_in"])
         if self.training:
             self.step.add_(1)
         lam, cfg, y = self.lam_now(), self.cfg, batch["y"]

@@ -68,6 +68,21 @@ def describe(name: str) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
+_T0 = [time.perf_counter()]
+
+
+def note(msg: str) -> None:
+    """One progress line on stderr, with the time since the study started (long studies say where they are)."""
+    print(f"[{time.perf_counter() - _T0[0]:7.0f} s] {msg}", file=sys.stderr, flush=True)
+
+
+def each_seed(cfg: StudyConfig, what: str):
+    """Yield (i, seed) over the study's seeds, with a progress line after each one."""
+    for i in range(cfg.seeds):
+        yield i, cfg.seed + i
+        note(f"{what}: seed {i + 1}/{cfg.seeds} done")
+
+
 def run_study(name: str, config_file: str | Path | None = None, overrides: list[str] = (),
               force: bool = False) -> Path:
     """Run study `name` end to end into `out_dir/<name>`; returns the folder (with report.html)."""
@@ -76,7 +91,7 @@ def run_study(name: str, config_file: str | Path | None = None, overrides: list[
     folder = cfg.name or f"{name}-{cfg.data.name.replace(':', '-').replace('/', '_')}"
     path = claim_run_dir(Path(cfg.out_dir) / folder, force)
     atomic_write_text(path / "config.json", json.dumps({"study": name, **to_dict(cfg)}, indent=2))
-    t0 = time.perf_counter()
+    t0 = _T0[0] = time.perf_counter()
     metrics: dict[str, Any] = cls().run(cfg, path)
     metrics["meta"] = {"study": name, "seed": cfg.seed, "seeds": cfg.seeds, "aelab_version": __version__,
                        "git_commit": git_commit(), "torch": torch.__version__,

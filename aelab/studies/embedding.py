@@ -33,7 +33,7 @@ from ..errors import ConfigError
 from ..models import build_model
 from ..models.base import Autoencoder
 from ..report import plots
-from .base import StudyConfig, register_study
+from .base import StudyConfig, each_seed, register_study
 
 
 @dataclass
@@ -140,8 +140,8 @@ class EmbeddingStudy:
         ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
         cfg.points = min(cfg.points, len(ds.y_test))
         per_seed = []
-        for i in range(cfg.seeds):
-            scores, maps, images, labels, classes = one_seed(cfg, ds, cfg.seed + i)
+        for i, seed in each_seed(cfg, "embedding"):
+            scores, maps, images, labels, classes = one_seed(cfg, ds, seed)
             per_seed.append(scores)
             if i == 0:
                 for route, emb in maps.items():

@@ -26,7 +26,7 @@ from ..engine import encode_all, evaluate, fit
 from ..errors import ConfigError
 from ..models import build_model, model_names
 from ..report import plots
-from .base import StudyConfig, register_study
+from .base import StudyConfig, each_seed, register_study
 
 
 @dataclass
@@ -105,8 +105,7 @@ class FeaturesStudy:
             cfg.train.epochs, cfg.min_steps = min(cfg.train.epochs, 3), min(cfg.min_steps, 300)
         ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
         rows: dict[str, list[dict]] = {name: [] for name in cfg.models}
-        for i in range(cfg.seeds):
-            seed = cfg.seed + i
+        for i, seed in each_seed(cfg, "features"):
             splits = to_device(ds, pick_device(cfg.train.device), cfg.data.val_fraction, seed)
             test_x = splits.test.x.float().div(255).cpu().numpy()
             for name in cfg.models:

@@ -28,7 +28,7 @@ from ..engine import fit
 from ..errors import ConfigError
 from ..models import build_model
 from ..report import plots
-from .base import StudyConfig, register_study
+from .base import StudyConfig, each_seed, register_study
 
 BASELINES = ("logreg_pixels", "logreg_pca")
 
@@ -116,7 +116,7 @@ class FewLabelStudy:
         ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
         probe = to_device(ds, "cpu", cfg.data.val_fraction, cfg.seed).train.y.numpy()
         plan = budgets(cfg, probe)
-        per_seed = [one_seed(cfg, ds, cfg.seed + i, plan) for i in range(cfg.seeds)]
+        per_seed = [one_seed(cfg, ds, seed, plan) for _, seed in each_seed(cfg, "few-label")]
         result = summarise(per_seed, plan, cfg)
         draw(result, plan, out)
         return result

@@ -30,7 +30,7 @@ from ..data.device import pick_device, to_device
 from ..engine import encode_all, fit
 from ..errors import ConfigError
 from ..models import build_model, get_model_class
-from .base import StudyConfig, register_study
+from .base import StudyConfig, each_seed, register_study
 from .generation_figures import attribute_vector, decode_images, draw_figures
 from .hashing_classifier import apply_batched, images, train_classifier
 
@@ -167,8 +167,8 @@ class GenerationStudy:
         device = pick_device(cfg.train.device)
         names = ds.classes or [str(i) for i in range(int(ds.y_train.max()) + 1)]
         a, b = pick_classes(cfg, names)  # before training: a bad class name fails at once
-        rows = [run_seed(cfg, ds, device, cfg.seed + i, (a, b), out / "figures" if i == 0 else None)
-                for i in range(cfg.seeds)]
+        rows = [run_seed(cfg, ds, device, seed, (a, b), out / "figures" if i == 0 else None)
+                for i, seed in each_seed(cfg, "generation")]
         per = {k: [r[k] for r in rows] for k in rows[0]}
         res: dict = {}
         for key, vals in per.items():  # "fd.vae" -> res["fd"]["vae"]

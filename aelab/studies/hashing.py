@@ -30,7 +30,7 @@ from ..models import build_model
 from ..models.hashing import SemHashConfig
 from ..report import plots
 from ..retrieval import evaluate_hash, nearest
-from .base import StudyConfig, register_study
+from .base import StudyConfig, each_seed, register_study
 from .hashing_baselines import ITQ, LSH
 from .hashing_classifier import apply_batched, images, train_classifier
 
@@ -141,8 +141,7 @@ class HashingStudy:
             noise, hidden = tuned["noise_std"], tuned["hidden"]
         per: dict[str, dict[str, list[float]]] = {m: {} for m in METHODS}
         saturation, seconds = [], []
-        for i in range(cfg.seeds):
-            seed = cfg.seed + i
+        for i, seed in each_seed(cfg, "hashing"):
             codes, sat = hashes(base, shape, ncls, cfg, seed, noise, hidden)
             saturation.append(sat)
             y_tr, y_te = base.train.y.cpu().numpy(), base.test.y.cpu().numpy()

@@ -16,6 +16,9 @@ HIGHER = {"test_acc": True, "train_acc": True, "gap_acc": False, "gap_ce": False
           "mia_adv": False, "probe_score": False, "probe_mse": True, "noise_memorised": False,
           "noise_test_acc": True}
 PLOTTED = ("test_acc", "gap_acc", "gap_ce", "ece", "mia_adv", "probe_score", "noise_memorised")
+# how much of the input the code keeps is an aim, not a quality: the penalty wants it lower, the
+# supervised autoencoder higher, so its verdicts say "higher"/"lower" rather than "better"/"worse"
+DIRECTIONAL = {"probe_score", "probe_mse"}
 NAMES = {"test_acc": "test accuracy", "mia_adv": "membership-inference advantage",
          "probe_score": "probe score", "noise_memorised": "noisy labels memorised",
          "gap_acc": "accuracy gap"}
@@ -23,6 +26,12 @@ NAMES = {"test_acc": "test accuracy", "mia_adv": "membership-inference advantage
 
 def _column(runs: list[dict], metric: str) -> list[float]:
     return [r[metric] for r in runs]
+
+
+def _word(diff: dict, metric: str) -> str:
+    if metric in DIRECTIONAL:
+        return {"better": "higher", "worse": "lower"}.get(stats.verdict(diff), "no measurable difference")
+    return stats.verdict(diff, HIGHER.get(metric, True))
 
 
 def _per_size(runs_by_arm: dict[str, list[dict]]) -> dict:
@@ -37,7 +46,7 @@ def _per_size(runs_by_arm: dict[str, list[dict]]) -> dict:
         diffs = {}
         for m in metrics:
             d = stats.paired(_column(runs, m), _column(base, m))
-            diffs[m] = d | {"verdict": stats.verdict(d, HIGHER.get(m, True))}
+            diffs[m] = d | {"verdict": _word(d, m)}
         out["vs_plain"][arm] = diffs
     return out
 

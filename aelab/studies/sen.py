@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from ..models import build_model
 from ..models.sen import SEN, SENConfig
 from ..report import plots
-from .base import StudyConfig, register_study
+from .base import StudyConfig, note, register_study
 
 ABLATIONS = {"no-gan": {"gan_round": False}, "no-ae": {"ae_round": False},
              "no-aug": {"rotate": 0.0, "shift": 0, "hflip": False}, "direct": {"route": "direct"}}
@@ -85,6 +85,7 @@ class SENStudy:
                     snap = self._milestones(cfg, splits.test, out) if (arm, n, i) == ("sen+pl", cfg.labels[0], 0) else None
                     model, a = _train_arm(cfg, train, splits.test, n, k, cfg.seed + i, kw, snap)
                     acc.setdefault(arm if arm in ABLATIONS else f"{arm}@{n}", []).append(a)
+                    note(f"sen: {arm} with {n} labels, seed {i + 1}/{cfg.seeds}: test accuracy {a:.3f}")
                     figure_model = model if snap else figure_model
         runs = sum(len(v) for v in acc.values())
         metrics = {"accuracy": {a: stats.summary(v) for a, v in acc.items()},
