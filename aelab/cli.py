@@ -65,14 +65,14 @@ def eval_(run_dir: str, overrides: tuple[str, ...]) -> None:
         click.echo(f"{k:24s} {v:.6g}")
 
 
-def markdown_of(run_dir: Path, only: tuple[str, ...]) -> str:
+def markdown_of(run_dir: Path, only: tuple[str, ...], columns: tuple[str, ...] = ()) -> str:
     from .errors import DataError
     from .report.markdown import markdown
 
     path = run_dir / "metrics.json"
     if not path.is_file():
         raise DataError(f"{path}: no metrics.json; give a finished run or study folder")
-    return markdown(json.loads(path.read_text()), only)
+    return markdown(json.loads(path.read_text()), only, columns)
 
 
 @cli.command()
@@ -80,13 +80,15 @@ def markdown_of(run_dir: Path, only: tuple[str, ...]) -> str:
 @click.option("--index", type=click.Path(), help="Also write a page comparing the runs here.")
 @click.option("--markdown", "as_markdown", is_flag=True, help="Print metrics.json as Markdown tables instead.")
 @click.option("--only", multiple=True, help="With --markdown: keep metric keys starting with this (repeatable).")
-def report(run_dirs: tuple[str, ...], index: str | None, as_markdown: bool, only: tuple[str, ...]) -> None:
+@click.option("--columns", default="", help="With --markdown: comma-separated columns to keep, in order.")
+def report(run_dirs: tuple[str, ...], index: str | None, as_markdown: bool, only: tuple[str, ...],
+           columns: str) -> None:
     """Rebuild report.html of each run from its artifacts (no training), or print its tables."""
     from .report import write_index, write_report
 
     for d in run_dirs:
         if as_markdown:
-            click.echo(markdown_of(Path(d), only))
+            click.echo(markdown_of(Path(d), only, tuple(c for c in columns.split(",") if c)))
             continue
         click.echo(write_report(d))
     if index:

@@ -72,6 +72,7 @@ def test_vae_run_has_samples_and_elbo(tmp_path, blobs_npz, monkeypatch, capsys):
     (["train", "missing.toml"], "missing.toml not found"),
     (["eval", "/no/such/run"], "not an aelab run folder"),
     (["report", "/no/such/run"], "not an aelab run folder"),
+    (["report", "--markdown", "/no/such/run"], "no metrics.json"),
     (["train", "--resume", "/no/such/run"], "not an aelab run folder"),
     (["study", "nosuch"], "unknown study 'nosuch'"),
     (["train", "data=digits", "data.labels_per_class=500"], "asked for 500 labels of class"),
@@ -98,3 +99,16 @@ def test_models_lists_every_model_with_fields(monkeypatch, capsys):
 def test_data_lists_sets(monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "data")
     assert code == 0 and "digits" in out and "fashion-mnist" in out and "cifar10" in out
+
+
+def test_report_markdown_prints_a_studys_tables(monkeypatch, capsys, tmp_path):
+    summary = {"mean": 0.8, "std": 0.01, "ci95": [0.79, 0.81], "n": 3}
+    metrics = {"N=100": {"arms": {"plain": {"test_acc": summary}, "lam=+1": {"test_acc": summary}},
+                         "verdict": "computed"}, "meta": {"seed": 0}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    code, out, _ = run_cli(monkeypatch, capsys, "report", "--markdown", str(tmp_path), "--only", "N=100.arms")
+    assert code == 0
+    assert "| | test_acc |" in out and "| N=100 · arms · lam=+1 | 0.8 ± 0.01 |" in out
+    assert "computed" not in out and "seed" not in out  # --only kept the arms; meta is never a table
+    code, out, _ = run_cli(monkeypatch, capsys, "report", "--markdown", str(tmp_path), "--columns", "nosuch")
+    assert code == 0 and "test_acc" not in out and "computed" in out

@@ -186,3 +186,27 @@ def test_probe_score_verdicts_say_higher_or_lower_not_better():
     assert _word(up, "probe_score") == "higher"  # more of the input kept: the SAE's aim, the penalty's failure
     assert _word({**up, "ci95": [-0.3, -0.1]}, "probe_score") == "lower"
     assert _word(up, "mia_adv") == "worse" and _word(up, "test_acc") == "better"
+
+
+def test_closed_form_probe_reads_what_the_code_holds():
+    """A code that is the image itself is decoded almost exactly; a constant code only to the mean image."""
+    from aelab.data.device import DeviceData
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(600, 1, 4, 4, generator=g) * 255).to(torch.uint8)
+    data = DeviceData(x[:400], torch.zeros(400, dtype=torch.int64))
+    test = DeviceData(x[400:], torch.zeros(200, dtype=torch.int64))
+
+    class Code(torch.nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def encode(self, xb):
+            return self.fn(xb)
+
+    err_keep, recon = ms.train_probe(Code(lambda xb: xb.flatten(1)), data, test, 64, seed=0)
+    err_none, _ = ms.train_probe(Code(lambda xb: torch.zeros(len(xb), 3)), data, test, 64, seed=0)
+    pixel_var = float((x[400:].float() / 255).var())
+    assert err_keep < 0.01 * pixel_var and recon.shape == (200, 1, 4, 4)
+    assert err_none == pytest.approx(pixel_var, rel=0.1)  # nothing kept: the mean image, error = variance

@@ -4,9 +4,10 @@ Every summary ({"mean", "ci95", ...}) at `a.b.c.metric` becomes the cell (row `a
 `metric`), shown as `mean ± half-width of the 95% interval`; rows with the same columns share a
 table. Plain numbers are treated the same way; strings under a key containing "verdict" (the
 computed sentences) follow the tables as a list. `only` keeps the keys that start with one of its
-prefixes, e.g. `N=1000.arms` for one size of the memorisation study.
+prefixes, e.g. `N=1000.arms` for one size of the memorisation study; `columns` keeps those columns,
+in that order.
 
-    aelab report runs/memorization-fashion-mnist --markdown --only N=1000.arms
+    aelab report runs/memorization-fashion --markdown --only N=1000.arms --columns test_acc,mia_adv
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def markdown(metrics: Mapping[str, Any], only: Sequence[str] = ()) -> str:
+def markdown(metrics: Mapping[str, Any], only: Sequence[str] = (), columns: Sequence[str] = ()) -> str:
     """Tables (rows that share columns grouped together) and the verdict sentences, as Markdown."""
     metrics = {k: v for k, v in metrics.items() if k != "meta"}
     rows: dict[str, dict[str, Any]] = {}
@@ -38,10 +39,13 @@ def markdown(metrics: Mapping[str, Any], only: Sequence[str] = ()) -> str:
             verdicts.append((key, value))
         elif _is_summary(value) or _is_number(value):
             row, _, col = key.rpartition(".")
+            if columns and col not in columns:
+                continue
             rows.setdefault(row.replace(".", " · ") or "value", {})[col] = value
     groups: dict[tuple[str, ...], list[str]] = {}
     for row, cols in rows.items():
-        groups.setdefault(tuple(cols), []).append(row)
+        order = [c for c in columns if c in cols] if columns else list(cols)
+        groups.setdefault(tuple(order), []).append(row)
     parts = []
     for cols, names in groups.items():
         lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import TrainConfig
 from ..data import load_dataset
 from ..data.device import DeviceData, pick_device, to_device
 from ..engine import fit
@@ -54,6 +55,7 @@ class MemorizationConfig(StudyConfig):
     tune_dropout: tuple[float, ...] = (0.2, 0.5)
     tune_vib: tuple[float, ...] = (1e-3, 1e-2)
     model: AdversarialConfig = field(default_factory=lambda: AdversarialConfig(name="adversarial"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=256))  # 2x the images/s of 128 on a CPU
 
     def check(self) -> None:
         super().check()
