@@ -36,7 +36,7 @@ class FeaturesConfig(StudyConfig):
     top: int = 9  # images per unit
     min_steps: int = 1500  # optimiser steps at least (small data sets get more epochs)
     zero_tol: float = 0.01  # "near zero": |z| below this fraction of the model's largest |z|
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, progress="off"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, progress="off"))  # + min_steps
 
     def check(self) -> None:
         super().check()

@@ -44,9 +44,10 @@ class FewLabelConfig(StudyConfig):
     pca_dim: int = 50
     min_steps: int = 2000  # AE pretraining: at least this many steps (small data sets get more epochs)
     # denoising pretraining: what the AE sees is masked (dropout of 20% of the pixels)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, corrupt="dropout",
+    # 10 epochs and batch 128: the whole study on Fashion-MNIST fits a CPU session (3 seeds x 5 budgets x 3 routes)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, corrupt="dropout",
                                                                    corrupt_level=0.2, progress="off"))
-    clf: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=1e-3, batch_size=64,
+    clf: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=1e-3, batch_size=128,
                                                                  schedule="cosine", progress="off"))
 
     def check(self) -> None:
