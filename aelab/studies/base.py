@@ -91,10 +91,11 @@ def run_study(name: str, config_file: str | Path | None = None, overrides: list[
     folder = cfg.name or f"{name}-{cfg.data.name.replace(':', '-').replace('/', '_')}"
     path = claim_run_dir(Path(cfg.out_dir) / folder, force)
     atomic_write_text(path / "config.json", json.dumps({"study": name, **to_dict(cfg)}, indent=2))
-    t0 = _T0[0] = time.perf_counter()
+    commit, t0 = git_commit(), time.perf_counter()  # the code that runs, not what HEAD is at the end
+    _T0[0] = t0
     metrics: dict[str, Any] = cls().run(cfg, path)
     metrics["meta"] = {"study": name, "seed": cfg.seed, "seeds": cfg.seeds, "aelab_version": __version__,
-                       "git_commit": git_commit(), "torch": torch.__version__,
+                       "git_commit": commit, "torch": torch.__version__,
                        "train_seconds": time.perf_counter() - t0, "finished": True}
     atomic_write_text(path / "metrics.json", json.dumps(metrics, indent=2, default=float))
     write_report(path)
