@@ -135,8 +135,8 @@ def summarise(per_seed: list[dict], plan, cfg: FewLabelConfig) -> dict:
     best = max(MODES, key=lambda r: res[first][r]["mean"])
     diff = stats.paired([s[first][best] for s in per_seed], [s[first]["logreg_pixels"] for s in per_seed])
     res["fewest_labels"] = {"budget": first, "best_route": best, "vs_logreg_pixels": diff,
-                            "verdict": f"{best} is {stats.verdict(diff)} than logistic regression on pixels "
-                                       f"with {res[first]['n_labels']} labels"}
+                            "verdict": f"{best} vs logistic regression on pixels with {res[first]['n_labels']} "
+                                       f"labels: {stats.verdict(diff)}"}
     if "p10" in res and "p100" in res:  # seed 004 Q8 in numbers
         pre = max(("finetune", "probe"), key=lambda r: res["p10"][r]["mean"])
         gap = stats.paired([s["p10"][pre] for s in per_seed], [s["p100"]["scratch"] for s in per_seed])
