@@ -104,8 +104,10 @@ class StreamData:
                     stop = min((chunk + 1) * self.chunk_rows, len(self))
                     self._chunk_id, self._chunk = chunk, self._read(chunk * self.chunk_rows, stop)
                 x = self._chunk[local.to(self.device)]
-            else:  # a batch across a chunk boundary: gather its rows from the map
-                x = torch.from_numpy(np.asarray(self.x[idx.numpy()])).to(self.device)
+            else:  # across a chunk boundary: one read of the rows it spans (<= 2 chunks, freed after);
+                # never through the map, whose touched pages would stay resident in this process
+                lo, hi = int(idx.min()), int(idx.max()) + 1
+                x = self._read(lo, hi)[(idx - lo).to(self.device)]
             y = self.y[idx.to(self.device)]
         x = x.float().div_(255.0)
         return {"x": x, "x_in": x, "y": y}
