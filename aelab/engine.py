@@ -88,7 +88,7 @@ class _Stepper:
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
         self.model, self.cfg = model, cfg
         self.players = model.players()
-        fused = device.type in ("cuda", "cpu")  # fused Adam(W): one kernel for all tensors (~18% faster steps on CPU)
+        fused = device.type in ("cuda", "cpu")  # fused Adam(W): one kernel for all tensors, fewer launches
         self.opts = {p.name: make_optimizer(p.params, cfg, fused) for p in self.players}
         amp = cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda")
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext

@@ -73,3 +73,16 @@ def test_idx_memmap(tmp_path, blobs):
     (tmp_path / "short").write_bytes(raw[:-10])
     with pytest.raises(DataError, match="file size"):
         idx_memmap(tmp_path / "short")
+
+
+def test_batches_never_read_through_the_map(streamed, blobs, monkeypatch):
+    """Pages touched through np.memmap stay resident; every read, across chunks too, goes by np.fromfile."""
+    def refuse(self, key):
+        raise AssertionError("read through the memory map")
+
+    monkeypatch.setattr(np.memmap, "__getitem__", refuse)
+    mem = to_device(blobs, "cpu").train
+    perm = streamed.train.permutation(torch.Generator().manual_seed(1))
+    for s in range(0, len(perm), 50):  # batches of 50 against chunks of 64: many cross a boundary
+        idx = perm[s:s + 50]
+        assert torch.equal(streamed.train.batch(idx)["x"], mem.batch(idx)["x"])

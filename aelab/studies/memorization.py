@@ -55,7 +55,8 @@ class MemorizationConfig(StudyConfig):
     tune_dropout: tuple[float, ...] = (0.2, 0.5)
     tune_vib: tuple[float, ...] = (1e-3, 1e-2)
     model: AdversarialConfig = field(default_factory=lambda: AdversarialConfig(name="adversarial"))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=256))  # 2x the images/s of 128 on a CPU
+    # a small CNN: larger batches use the CPU better
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=256))
 
     def check(self) -> None:
         super().check()
