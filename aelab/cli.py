@@ -137,10 +137,21 @@ def _type_name(tp) -> str:
 
 @cli.command()
 @click.option("--data-dir", type=click.Path(), default=None, help="Also look in this folder.")
-def data(data_dir: str | None) -> None:
+@click.option("--export", nargs=2, metavar="NAME FOLDER", default=None,
+              help="Write data set NAME as .npy files in FOLDER (for data=npy:FOLDER data.stream=true).")
+@click.option("--download", is_flag=True, help="With --export: fetch NAME when it is not found locally.")
+def data(data_dir: str | None, export: tuple[str, str] | None, download: bool) -> None:
     """List every data set: where it was found, or the command that gets it."""
-    from .data import describe_datasets
+    from .data import describe_datasets, load_dataset
 
+    if export:
+        from .data.stream import save_npy
+
+        name, folder = export
+        ds = load_dataset(name, data_dir, download)
+        click.echo(f"{save_npy(ds, folder)}: {len(ds.x_train)} training and {len(ds.x_test)} test images; "
+                   f"train with data=npy:{folder} data.stream=true")
+        return
     for row in describe_datasets(data_dir):
         where = row.get("found") or row.get("hint") or ""
         click.echo(f"{row['name']:14s} {'yes' if row.get('available') else 'no ':3s}  {where}")

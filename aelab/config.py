@@ -31,7 +31,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | fashion-mnist | mnist | cifar10 | npz:PATH | folder:PATH
+    name: str = "digits"  # digits | fashion-mnist | mnist | cifar10 | npz:PATH | folder:PATH | npy:FOLDER
     data_dir: str = ""  # looked in first; "" = only the cache and system folders
     download: bool = False  # fetch from the public mirrors when nothing is found locally
     val_fraction: float = 0.1  # held out of the training set for validation / early stopping
@@ -40,12 +40,15 @@ class DataConfig:
     rotate: float = 0.0  # augmentation: max random rotation in degrees (0 = off)
     shift: int = 0  # augmentation: max random shift in pixels (0 = off)
     hflip: bool = False  # augmentation: random horizontal flips (off: wrong for digits)
+    stream: bool = False  # leave the images on disk and read them chunk by chunk (npy: or plain IDX files)
+    chunk_rows: int = 65536  # with stream: images read at once; one chunk is held in memory
 
     def check(self) -> None:
         _require(0.0 <= self.val_fraction < 1.0, "data.val_fraction must be in [0, 1)")
         _require(self.labels_per_class >= 0, "data.labels_per_class must be >= 0")
         _require(0.0 <= self.label_fraction <= 1.0, "data.label_fraction must be in [0, 1]")
         _require(self.rotate >= 0 and self.shift >= 0, "data.rotate and data.shift must be >= 0")
+        _require(self.chunk_rows > 0, "data.chunk_rows must be > 0")
 
 
 @dataclass

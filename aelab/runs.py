@@ -22,6 +22,7 @@ from .checkpoint import atomic_write_text, load_state, load_tensors, save_model
 from .config import RunConfig, from_dict, make_config, to_dict
 from .data import load_dataset
 from .data.device import Splits, pick_device, to_device
+from .data.stream import stream_splits
 from .engine import CHECKPOINT, fit
 from .errors import CheckpointError
 from .models import Autoencoder, build_model
@@ -101,10 +102,12 @@ def resume(path: str | Path) -> Path:
 
 
 def load_splits(cfg: RunConfig) -> tuple[Any, Splits]:
-    ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
+    """The data set and its splits on the training device (with data.stream, left on disk)."""
+    d = cfg.data
+    ds = load_dataset(d.name, d.data_dir or None, d.download, mmap=d.stream)
     _, device = distributed.setup(pick_device(cfg.train.device))  # torchrun: join the group, cuda:LOCAL_RANK
-    return ds, to_device(ds, device, cfg.data.val_fraction, cfg.seed, cfg.data.labels_per_class,
-                         cfg.data.label_fraction)
+    args = (ds, device, d.val_fraction, cfg.seed, d.labels_per_class, d.label_fraction)
+    return ds, stream_splits(*args, chunk_rows=d.chunk_rows) if d.stream else to_device(*args)
 
 
 def _execute(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resume: bool) -> Path:

@@ -86,3 +86,25 @@ def test_batches_never_read_through_the_map(streamed, blobs, monkeypatch):
     for s in range(0, len(perm), 50):  # batches of 50 against chunks of 64: many cross a boundary
         idx = perm[s:s + 50]
         assert torch.equal(streamed.train.batch(idx)["x"], mem.batch(idx)["x"])
+
+
+def test_reads_stay_within_one_chunk(streamed, blobs, monkeypatch):
+    """Chunks next to each other in an epoch's order are far apart in the file: a batch across a
+    boundary must read each chunk alone, never the span between them (that held the whole file)."""
+    data, reads = streamed.train, []
+    real = type(data)._read
+
+    def spy(self, start, stop):
+        reads.append((start, stop))
+        return real(self, start, stop)
+
+    monkeypatch.setattr(type(data), "_read", spy)
+    mem = to_device(blobs, "cpu").train
+    for seed in range(5):
+        perm = data.permutation(torch.Generator().manual_seed(seed))
+        for s in range(0, len(perm), 50):
+            idx = perm[s:s + 50]
+            assert torch.equal(data.batch(idx)["x"], mem.batch(idx)["x"])
+    c = data.chunk_rows
+    assert reads and all(stop - start <= c and start // c == (stop - 1) // c for start, stop in reads)
+    assert len(reads) <= 5 * (len(data) // c + 1) + 5  # each chunk read once an epoch (plus a reused one)

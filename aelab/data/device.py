@@ -79,17 +79,21 @@ def hide_labels(y: np.ndarray, labels_per_class: int = 0, label_fraction: float 
     return np.where(keep, y, -1)
 
 
+def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted training and validation row numbers: a seeded `val_fraction` of the n rows held out."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(val_fraction * n))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
 def to_device(ds: Dataset, device: torch.device | str = "cpu", val_fraction: float = 0.0, seed: int = 0,
               labels_per_class: int = 0, label_fraction: float = 0.0) -> Splits:
     """Move a data set to `device`, holding out a seeded validation split of the training images."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(ds.y_train))
-    n_val = int(round(val_fraction * len(order)))
-    tr, va = np.sort(order[n_val:]), np.sort(order[:n_val])
+    tr, va = split_rows(len(ds.y_train), val_fraction, seed)
     y_tr = hide_labels(ds.y_train[tr], labels_per_class, label_fraction, seed)
 
     def put(x: np.ndarray, y: np.ndarray) -> DeviceData:
         return DeviceData(torch.tensor(x, device=device), torch.tensor(y, dtype=torch.int64, device=device))
 
-    val = put(ds.x_train[va], ds.y_train[va]) if n_val else None
+    val = put(ds.x_train[va], ds.y_train[va]) if len(va) else None
     return Splits(put(ds.x_train[tr], y_tr), val, put(ds.x_test, ds.y_test))

@@ -138,11 +138,12 @@ def extract_tar(archive: Path, folder: Path, member: str) -> Path:
 # --- the named data sets -------------------------------------------------------------------------
 
 
-def _idx_files(folder: Path) -> list[Path] | None:
+def _idx_files(folder: Path, plain_first: bool = False) -> list[Path] | None:
     """The four IDX files in `folder` (each gzipped or not), or None if any is missing."""
     found = []
     for stem in IDX_STEMS:
-        path = next((p for p in (folder / f"{stem}.gz", folder / stem) if p.is_file()), None)
+        names = (folder / stem, folder / f"{stem}.gz") if plain_first else (folder / f"{stem}.gz", folder / stem)
+        path = next((p for p in names if p.is_file()), None)
         if path is None:
             return None
         found.append(path)
@@ -165,12 +166,13 @@ class IdxSource:
     def find(self, data_dir: str | Path | None) -> Path | None:
         return next((d for d in self.candidates(data_dir) if _idx_files(d)), None)
 
-    def load(self, folder: Path) -> Dataset:
-        files = _idx_files(Path(folder))
+    def load(self, folder: Path, mmap: bool = False) -> Dataset:
+        files = _idx_files(Path(folder), plain_first=mmap)
         if files is None:
             raise DataError(f"{folder}: missing IDX files; it needs {', '.join(IDX_STEMS)} (.gz or not)")
+        images = (lambda f: _mapped_idx(f, self.name)) if mmap else read_idx_images
         x_train, y_train, x_test, y_test = (read(f) for read, f in zip(
-            (read_idx_images, read_idx_labels, read_idx_images, read_idx_labels), files))
+            (images, read_idx_labels, images, read_idx_labels), files))
         return check_dataset(Dataset(self.name, x_train, y_train, x_test, y_test,
                                      classes=list(self.classes), source=str(folder)))
 
@@ -186,6 +188,16 @@ class IdxSource:
         ways.append(f"`aelab train data={self.name} data.download=true`")
         ways.append(f"put {', '.join(s + '.gz' for s in IDX_STEMS)} in {cache_root() / self.name}")
         return ", or ".join(ways)
+
+
+def _mapped_idx(path: Path, name: str) -> np.ndarray:
+    if path.suffix == ".gz":
+        raise DataError(f"{path}: a gzipped file cannot be memory-mapped (data.stream=true); gunzip the four "
+                        f"IDX files into a folder and set data.data_dir to it, or run `aelab data --export {name} "
+                        "FOLDER` and train with data=npy:FOLDER")
+    from .stream import idx_memmap
+
+    return idx_memmap(path)
 
 
 @dataclass(frozen=True)
@@ -204,7 +216,7 @@ class CifarSource:
         found = (d for d in self.candidates(data_dir) if all((d / f).is_file() for f in CIFAR_FILES))
         return next(found, None)
 
-    def load(self, folder: Path) -> Dataset:
+    def load(self, folder: Path, mmap: bool = False) -> Dataset:  # pickled batches: never mapped
         x_train, y_train, x_test, y_test, classes = read_cifar_folder(folder)
         return check_dataset(Dataset(self.name, x_train, y_train, x_test, y_test,
                                      classes=classes, source=str(folder)))
@@ -237,7 +249,7 @@ class DigitsSource:
     def find(self, data_dir: str | Path | None) -> Path | None:
         return next((p for p in self.candidates(data_dir) if p.is_file()), None)
 
-    def load(self, path: Path) -> Dataset:
+    def load(self, path: Path, mmap: bool = False) -> Dataset:  # bundled and tiny: never mapped
         from sklearn.datasets import load_digits
 
         digits = load_digits()
@@ -301,8 +313,8 @@ def get_source(name: str) -> Source:
     source = SOURCES.get(_ALIASES.get(key, key))
     if source is None:
         raise DataError(f"unknown data set {name!r}; valid: {', '.join(SOURCES)}, "
-                        "npz:PATH (an .npz with x_train, y_train, x_test, y_test) or "
-                        "folder:PATH (one subfolder of images per class)")
+                        "npz:PATH (an .npz with x_train, y_train, x_test, y_test), "
+                        "folder:PATH (one subfolder of images per class) or npy:FOLDER (x_train.npy, ...)")
     return source
 
 
@@ -324,9 +336,14 @@ def _local_path(path: str, data_dir: str | Path | None) -> Path:
     return found
 
 
-def load_path(kind: str, path: str, data_dir: str | Path | None = None) -> Dataset:
-    """The data set in an npz file (`kind` "npz") or an image folder (`kind` "folder")."""
+def load_path(kind: str, path: str, data_dir: str | Path | None = None, mmap: bool = False) -> Dataset:
+    """The data set in an npz file (`kind` "npz"), an image folder ("folder") or a folder of .npy
+    files ("npy", images memory-mapped with `mmap`)."""
     local = _local_path(path, data_dir)
+    if kind == "npy":
+        from .stream import read_npy
+
+        return read_npy(local, mmap)
     read = read_npz if kind == "npz" else read_image_folder
     x_train, y_train, x_test, y_test, classes = read(local)
     return check_dataset(Dataset(f"{kind}:{path}", x_train, y_train, x_test, y_test,

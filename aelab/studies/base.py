@@ -35,6 +35,9 @@ class StudyConfig:
     def check(self) -> None:
         if self.seeds <= 0:
             raise ConfigError("seeds must be > 0")
+        if self.data.stream:  # studies take subsets, probes and whole-set codes in memory
+            raise ConfigError("data.stream applies to `aelab train` and `aelab eval`; studies hold their data "
+                              "in memory: leave data.stream=false")
         self.data.check()
         self.train.check()
 
