@@ -126,14 +126,31 @@ class _Stepper:
         if self.cfg.max_bad_steps and not bool(torch.isfinite(norm) & torch.isfinite(out["loss"])):
             state.skipped += 1
             if state.skipped > self.cfg.max_bad_steps:
-                raise _diverged(step, out, f"after skipping {self.cfg.max_bad_steps} non-finite steps")
+                raise _diverged(f"step {step}", out, f"after skipping {self.cfg.max_bad_steps} non-finite steps")
             return False
         return True
 
 
-def _diverged(step: int, terms: dict[str, Any], extra: str = "") -> TrainingDiverged:
+def _loss_term(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """This step's loss, summed over the players that stepped (keys `loss` or `<player>.loss`)."""
+    losses = [v for k, v in out.items() if k == "loss" or k.endswith(".loss")]
+    return losses[0] if len(losses) == 1 else sum(losses)
+
+
+def _first_non_finite(trace: torch.Tensor, sums: dict[str, torch.Tensor], first_step: int, epoch: int) -> str | None:
+    """Where training diverged ("step N", or "epoch E" when only a logged term went bad), or None.
+    A NaN or inf in any step's loss term stays in the epoch's sums, so checking once an epoch suffices."""
+    bad = ~torch.isfinite(trace)
+    if bool(bad.any()):
+        return f"step {first_step + int(bad.int().argmax())}"
+    if sums and not bool(torch.isfinite(torch.stack([v.float() for v in sums.values()])).all()):
+        return f"epoch {epoch + 1}"
+    return None
+
+
+def _diverged(where: str, terms: dict[str, Any], extra: str = "") -> TrainingDiverged:
     shown = ", ".join(f"{k}={float(torch.as_tensor(v).detach()):.4g}" for k, v in terms.items())
-    return TrainingDiverged(f"training diverged at step {step} {extra}({shown}); the last good checkpoint "
+    return TrainingDiverged(f"training diverged at {where} {extra}({shown}); the last good checkpoint "
                             "is untouched: lower train.lr, set train.grad_clip, or train.max_bad_steps")
 
 
@@ -211,10 +228,11 @@ class _Loop:
         if self.dist.active:  # corruption noise differs per rank (its own rows)
             gen.manual_seed((self.seed * 1_000_003 + epoch) * 1_009 + self.dist.rank + 1)
         sums = {k[5:]: v.to(self.device) for k, v in self.partial.items() if k.startswith("sums.")}
-        first_bad = self.partial.get("first_bad", torch.tensor(-1)).to(self.device)
         if "gen" in self.partial:  # resuming mid-epoch: the corruption draws continue where they stopped
             gen.set_state(self.partial["gen"])
         self.partial = {}
+        first_step = state.step - state.batch  # the step number of this epoch's batch 0
+        trace = torch.zeros(self.per_epoch, device=self.device)  # each step's loss, read at the end: no sync
         t0 = time.perf_counter()
         self.progress.start_epoch(epoch)
         for i in range(state.batch, self.per_epoch):
@@ -224,16 +242,16 @@ class _Loop:
             out = self.stepper(batch, state.step, state)
             for k, v in out.items():
                 sums[k] = sums[k] + v if k in sums else v
-            bad = ~torch.isfinite(torch.stack(list(out.values()))).all()
-            first_bad = torch.where(bad & (first_bad < 0), state.step, first_bad)
+            trace[i] = _loss_term(out)
             state.step += 1
             state.batch = i + 1
             self.progress.step(i, sums)
             if self._stop_requested():
-                self._interrupted(sums, first_bad)
+                self._interrupted(sums, trace)
         sums = self.dist.mean(sums)
-        if self.dist.any(int(first_bad) >= 0, self.device) and not self.cfg.max_bad_steps:
-            raise _diverged(int(first_bad), {k: float(v) / self.per_epoch for k, v in sums.items()})
+        where = _first_non_finite(trace, sums, first_step, epoch)
+        if self.dist.any(where is not None, self.device) and not self.cfg.max_bad_steps:
+            raise _diverged(where or "on another process", {k: float(v) / self.per_epoch for k, v in sums.items()})
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "step": state.step, "lr": lr_at(self.cfg, state.step - 1, self.total)}
         row.update({f"train.{k}": float(v) / self.per_epoch for k, v in sums.items()})
@@ -261,14 +279,14 @@ class _Loop:
             save_checkpoint(self.path, self.model, self.stepper.opts, self.state, self.best_weights,
                             self.meta, loop_tensors or {})
 
-    def _interrupted(self, sums: dict[str, torch.Tensor], first_bad: torch.Tensor) -> None:
+    def _interrupted(self, sums: dict[str, torch.Tensor], trace: torch.Tensor) -> None:
         """SIGINT/SIGTERM after a finished step: checkpoint mid-epoch (if the loss is still finite), stop."""
         name = signal.Signals(self.signals.caught).name if self.signals.caught else "a signal to another rank"
         if self.path is None:
             raise TrainingInterrupted(f"interrupted by {name} at step {self.state.step}")
-        if int(first_bad) < 0:
+        if _first_non_finite(trace, sums, 0, 0) is None:  # a diverged state is never saved
             loop = {f"sums.{k}": v for k, v in sums.items()}
-            self._save({**loop, "first_bad": first_bad, "gen": self.gen.get_state()})
+            self._save({**loop, "gen": self.gen.get_state()})
         raise TrainingInterrupted(f"interrupted by {name} at step {self.state.step}; checkpoint written: "
                                   f"resume with `aelab train --resume {self.run_dir}`")
 

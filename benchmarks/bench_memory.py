@@ -112,7 +112,7 @@ def main() -> None:
     md = f"## Peak memory, memory-mapped data\n\nMachine: {machine('cpu')}  \nCommand: `{command()}`  \n" \
          "Dense AE, 1 epoch, batch 512, seed 0, CPU; peak = VmHWM of a fresh process\n\n" + \
         table(["data", "training images", "chunk rows", "x_train.npy MB", "RSS after imports MB", "peak RSS MB",
-               "epoch seconds", "test MSE"], rows) + "\n" + growth_note(rows, args.chunk, int(np.prod(ds.shape)), args.smoke)
+               "epoch seconds", "test MSE"], rows) + "\n\n" + growth_note(rows, args.chunk, int(np.prod(ds.shape)), args.smoke)
     print(md)
     if args.write_results and not args.smoke:
         write_section("memory", md)

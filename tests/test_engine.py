@@ -93,6 +93,20 @@ def test_divergence_names_step_and_terms(blob_splits, tmp_path):
     assert not (tmp_path / "checkpoint.safetensors").exists()  # nothing bad was saved
 
 
+class BadMetric(Exploding):
+    """The loss stays finite; only a logged term turns NaN on the third step."""
+
+    def forward(self, batch, player="model"):
+        out = super().forward(batch)
+        return {"loss": self.w * 1.0, "recon": out["recon"]}
+
+
+def test_a_non_finite_logged_term_stops_training_too(blob_splits, tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"diverged at epoch 1 .*recon=nan"):
+        fit(BadMetric(), blob_splits.train, TrainConfig(**CFG), run_dir=tmp_path)
+    assert not (tmp_path / "checkpoint.safetensors").exists()
+
+
 def test_skip_bad_steps_up_to_a_limit(blob_splits):
     with pytest.raises(TrainingDiverged, match="after skipping 2"):
         fit(Exploding(), blob_splits.train, TrainConfig(**CFG, max_bad_steps=2))

@@ -99,3 +99,19 @@ def test_cli_export_then_stream_and_clear_errors(tmp_path, monkeypatch, capsys):
 def test_studies_refuse_stream(tmp_path, study):
     with pytest.raises(ConfigError, match="data.stream"):
         run_study(study, overrides=["data.stream=true", f"out_dir={tmp_path}"])
+
+
+def test_npy_layouts(tmp_path, blobs):
+    """N×H×W images are mapped as (N, 1, H, W); channels-last ones load in memory but cannot be mapped."""
+    folder = save_npy(blobs, tmp_path / "hw")
+    np.save(folder / "x_train.npy", blobs.x_train[:, 0])
+    np.save(folder / "y_train.npy", blobs.y_train[:, None].astype(np.int32))  # Keras-style (N, 1) labels
+    ds = read_npy(folder)
+    assert isinstance(ds.x_train, np.memmap) and np.array_equal(ds.x_train, blobs.x_train)
+    assert ds.y_train.dtype == np.int64 and np.array_equal(ds.y_train, blobs.y_train)
+    rgb = np.repeat(blobs.x_train.transpose(0, 2, 3, 1), 3, axis=3)  # N×H×W×3
+    np.save(folder / "x_train.npy", rgb)
+    np.save(folder / "x_test.npy", np.repeat(blobs.x_test.transpose(0, 2, 3, 1), 3, axis=3))
+    assert read_npy(folder, mmap=False).x_train.shape == (len(rgb), 3, 8, 8)
+    with pytest.raises(DataError, match="channels first"):
+        read_npy(folder)

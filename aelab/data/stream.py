@@ -34,7 +34,7 @@ import torch
 from ..errors import DataError
 from .dataset import Dataset
 from .device import DeviceData, Splits, hide_labels, split_rows
-from .formats import check_dataset
+from .formats import check_dataset, npz_images, npz_labels
 
 NAMES = ("x_train", "y_train", "x_test", "y_test")
 CLASSES = "classes.json"  # optional: the class names, index = label
@@ -62,11 +62,22 @@ def read_npy(folder: str | Path, mmap: bool = True) -> Dataset:
         except (OSError, ValueError) as e:
             raise DataError(f"{folder / (name + '.npy')}: cannot read it ({e}); a folder for npy: holds "
                             f"{', '.join(n + '.npy' for n in NAMES)} (`aelab data --export NAME FOLDER` writes one)") from None
-    for name in ("y_train", "y_test"):
-        if arrays[name].dtype.kind in "iu":
-            arrays[name] = arrays[name].astype(np.int64)
+    for name in NAMES:
+        where = str(folder / f"{name}.npy")
+        arrays[name] = npz_labels(arrays[name], where) if name[0] == "y" else \
+            _mapped_images(arrays[name], where) if mmap else npz_images(arrays[name], where)
     classes = _class_names(folder, arrays["y_train"], arrays["y_test"])
     return check_dataset(Dataset(f"npy:{folder}", *(arrays[n] for n in NAMES), classes=classes, source=str(folder)))
+
+
+def _mapped_images(x: np.ndarray, where: str) -> np.ndarray:
+    """A mapped image array as (N, C, H, W) without reading it: only layouts that need no copy."""
+    if x.dtype == np.uint8 and x.ndim == 3:
+        return x[:, None]  # still a map of the same bytes
+    if x.dtype == np.uint8 and x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.flags.c_contiguous:
+        return x
+    raise DataError(f"{where}: to be memory-mapped, images must be uint8 N×H×W or N×C×H×W (channels first, "
+                    f"C in 1, 3, 4), found {x.dtype} {x.shape}; convert them once, or leave data.stream=false")
 
 
 def _class_names(folder: Path, *labels: np.ndarray) -> list[str]:
@@ -78,7 +89,7 @@ def _class_names(folder: Path, *labels: np.ndarray) -> list[str]:
         if isinstance(names, list) and names:
             return [str(n) for n in names]
         raise DataError(f"{folder / CLASSES}: should hold a non-empty list of class names")
-    top = max((int(y.max()) for y in labels if y.size and y.dtype.kind in "iu"), default=-1)
+    top = max((int(y.max()) for y in labels if y.size), default=-1)
     return [str(i) for i in range(top + 1)]
 
 
