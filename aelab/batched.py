@@ -45,12 +45,20 @@ def build_seeds(build: Callable[[], nn.Module], seeds: list[int], device: torch.
     return models
 
 
-def _check(models: list[nn.Module], cfg: TrainConfig) -> None:
-    players = models[0].players()
-    if len(players) != 1 or len(players[0].params) != len(list(models[0].parameters())):
-        raise ConfigError("batched seeds support single-player models only; train each seed with fit")
+def unsupported(model: nn.Module, cfg: TrainConfig) -> str | None:
+    """Why `model` under `cfg` cannot be trained as batched seeds, or None if it can."""
+    players = model.players()
+    if len(players) != 1 or len(players[0].params) != len(list(model.parameters())):
+        return "batched seeds support single-player models only; train each seed with fit"
     if cfg.grad_clip or cfg.max_bad_steps or cfg.patience:
-        raise ConfigError("batched seeds do not support train.grad_clip, max_bad_steps or patience")
+        return "batched seeds do not support train.grad_clip, max_bad_steps or patience"
+    return None
+
+
+def _check(models: list[nn.Module], cfg: TrainConfig) -> None:
+    reason = unsupported(models[0], cfg)
+    if reason:
+        raise ConfigError(reason)
 
 
 def fit_seeds(build: Callable[[], nn.Module], seeds: list[int], train: DeviceData, cfg: TrainConfig | None = None,

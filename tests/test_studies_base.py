@@ -2,6 +2,11 @@
 import json
 from dataclasses import dataclass
 
+import pytest
+import torch
+
+from aelab.config import TrainConfig
+from aelab.models import build_model
 from aelab.studies import base
 
 
@@ -31,3 +36,21 @@ def test_meta_records_the_commit_at_the_start_and_each_seed_says_so(tmp_path, mo
     assert metrics["seeds_seen"] == [5, 6]
     err = capsys.readouterr().err
     assert "dummy: seed 1/2 done" in err and "dummy: seed 2/2 done" in err
+
+
+def test_train_seeds_batched_equals_one_by_one(blob_splits, monkeypatch):
+    """batch_seeds=on trains the seeds as one vmapped model with the same result; auto on the CPU
+    (where batching measured slower) trains them one after another."""
+    train = TrainConfig(epochs=2, batch_size=16, progress="off", channels_last=False)
+    build = lambda: build_model("conv", (1, 8, 8))  # noqa: E731
+    calls, real = [], base.fit_seeds
+    monkeypatch.setattr(base, "fit_seeds", lambda *a, **k: calls.append(1) or real(*a, **k))
+    one = base.train_seeds(base.StudyConfig(batch_seeds="off"), build, blob_splits.train, train, [0, 1])
+    assert not calls
+    both = base.train_seeds(base.StudyConfig(batch_seeds="on"), build, blob_splits.train, train, [0, 1])
+    assert calls == [1]
+    for a, b in zip(one, both):
+        for k, v in a.state_dict().items():
+            torch.testing.assert_close(v, b.state_dict()[k], rtol=1e-4, atol=1e-5, msg=k)
+    monkeypatch.setattr(base, "fit_seeds", lambda *a, **k: pytest.fail("batched on the CPU under auto"))
+    base.train_seeds(base.StudyConfig(batch_seeds="auto"), build, blob_splits.train, train, [0, 1])

@@ -6,13 +6,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
 import torch
+from torch import nn
 
 from .. import __version__
 from ..atomic import atomic_write_text
+from ..batched import fit_seeds, unsupported
 from ..config import DataConfig, TrainConfig, make_config, to_dict
+from ..data.device import DeviceData
+from ..engine import fit
 from ..errors import ConfigError
 from ..report import write_report
 from ..runs import claim_run_dir, git_commit
@@ -29,6 +33,9 @@ class StudyConfig:
     seeds: int = 3  # repeats of every arm, paired across arms
     out_dir: str = "runs"
     quick: bool = False  # a smaller preset that runs in minutes
+    # train the seeds of one arm as one vmapped model (aelab.batched): auto = on CUDA only, since on
+    # the CPU it measured slower than one after another (benchmarks/bench_seeds.py, RESULTS.md)
+    batch_seeds: Literal["auto", "on", "off"] = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -84,6 +91,22 @@ def each_seed(cfg: StudyConfig, what: str):
     for i in range(cfg.seeds):
         yield i, cfg.seed + i
         note(f"{what}: seed {i + 1}/{cfg.seeds} done")
+
+
+def train_seeds(cfg: StudyConfig, build: Callable[[], nn.Module], data: DeviceData, train: TrainConfig,
+                seeds: list[int]) -> list[nn.Module]:
+    """One trained model per seed, all on the same data, each built under `torch.manual_seed(seed)`:
+    as one batched model when `cfg.batch_seeds` says so and the model allows it (equal to the
+    one-by-one runs up to float rounding, or in distribution where the model samples), else with `fit`."""
+    on = cfg.batch_seeds == "on" or (cfg.batch_seeds == "auto" and data.device.type == "cuda")
+    if on and len(seeds) > 1 and unsupported(build(), train) is None:
+        return fit_seeds(build, seeds, data, train)[0]
+    models = []
+    for s in seeds:
+        torch.manual_seed(s)
+        models.append(build())
+        fit(models[-1], data, train, seed=s)
+    return models
 
 
 def run_study(name: str, config_file: str | Path | None = None, overrides: list[str] = (),

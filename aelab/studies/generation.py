@@ -27,10 +27,10 @@ from .. import stats
 from ..config import TrainConfig
 from ..data import load_dataset
 from ..data.device import pick_device, to_device
-from ..engine import encode_all, fit
+from ..engine import encode_all
 from ..errors import ConfigError
 from ..models import build_model, get_model_class
-from .base import StudyConfig, each_seed, register_study
+from .base import StudyConfig, each_seed, note, register_study, train_seeds
 from .generation_figures import attribute_vector, decode_images, draw_figures
 from .hashing_classifier import apply_batched, images, train_classifier
 
@@ -80,14 +80,16 @@ def moments(feats: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def build_pair(cfg: GenerationConfig, shape):
-    """The VAE and the plain AE with the same latent size and architecture family."""
-    vae_cfg = replace(get_model_class("vae").Config(name="vae"), latent_dim=cfg.latent_dim, arch=cfg.arch,
-                      channels=cfg.channels, hidden=cfg.hidden, beta=cfg.beta)
+def build_arm(cfg: GenerationConfig, shape, kind: str):
+    """The VAE (`kind` "vae") or the plain AE ("ae"), with the same latent size and architecture family."""
+    if kind == "vae":
+        vae_cfg = replace(get_model_class("vae").Config(name="vae"), latent_dim=cfg.latent_dim, arch=cfg.arch,
+                          channels=cfg.channels, hidden=cfg.hidden, beta=cfg.beta)
+        return build_model(vae_cfg, shape)
     ae_name = "conv" if cfg.arch == "conv" else "deep"
     ae_cfg = replace(get_model_class(ae_name).Config(name=ae_name), latent_dim=cfg.latent_dim)
     ae_cfg = replace(ae_cfg, **({"channels": cfg.channels} if cfg.arch == "conv" else {"hidden": cfg.hidden}))
-    return build_model(vae_cfg, shape), build_model(ae_cfg, shape)
+    return build_model(ae_cfg, shape)
 
 
 class GaussianCodes:
@@ -116,15 +118,11 @@ def pick_classes(cfg: GenerationConfig, classes: list[str]) -> tuple[int, int]:
     return names.index(wanted[0]), names.index(wanted[1])
 
 
-def run_seed(cfg: GenerationConfig, ds, device, seed: int, ab: tuple[int, int], out: Path | None) -> dict[str, float]:
-    """Train the VAE, the AE and the classifier on one seed; every measurement of that seed."""
-    splits = to_device(ds, device, 0.0, seed)
-    tr, te = splits.train, splits.test
-    vae, ae = build_pair(cfg, ds.shape)
-    for i, model in enumerate((vae, ae)):
-        torch.manual_seed(seed * 7 + i)
-        fit(model, tr, cfg.train, seed=seed)
-        model.eval()
+def run_seed(cfg: GenerationConfig, ds, splits, seed: int, ab: tuple[int, int], vae, ae,
+             out: Path | None) -> dict[str, float]:
+    """One seed's trained VAE and AE, its classifier, and every measurement of that seed."""
+    tr, te, device = splits.train, splits.test, splits.train.device
+    vae.eval(), ae.eval()
     ncls = max(ds.num_classes, int(ds.y_train.max()) + 1)
     clf = train_classifier(tr, ds.shape, ncls, cfg.train, cfg.cnn_epochs, seed, cfg.feat_dim)
     n = cfg.n_samples or min(len(te), 10_000)
@@ -167,7 +165,12 @@ class GenerationStudy:
         device = pick_device(cfg.train.device)
         names = ds.classes or [str(i) for i in range(int(ds.y_train.max()) + 1)]
         a, b = pick_classes(cfg, names)  # before training: a bad class name fails at once
-        rows = [run_seed(cfg, ds, device, seed, (a, b), out / "figures" if i == 0 else None)
+        splits = to_device(ds, device, 0.0, cfg.seed)  # no validation rows, no hidden labels: one set for all seeds
+        seeds = [cfg.seed + i for i in range(cfg.seeds)]
+        vaes = train_seeds(cfg, lambda: build_arm(cfg, ds.shape, "vae"), splits.train, cfg.train, seeds)
+        aes = train_seeds(cfg, lambda: build_arm(cfg, ds.shape, "ae"), splits.train, cfg.train, seeds)
+        note(f"generation: the VAE and the AE of {len(seeds)} seed(s) trained")
+        rows = [run_seed(cfg, ds, splits, seed, (a, b), vaes[i], aes[i], out / "figures" if i == 0 else None)
                 for i, seed in each_seed(cfg, "generation")]
         per = {k: [r[k] for r in rows] for k in rows[0]}
         res: dict = {}
