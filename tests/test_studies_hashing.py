@@ -98,9 +98,10 @@ def test_itq_reduces_quantisation_error_vs_pca_sign():
         ITQ(30).fit(x)
 
 
-def test_hashing_study_end_to_end(tmp_path, blobs_npz):
+@pytest.mark.parametrize("batch_seeds", ["off", "on"])  # on: the seeds' AEs as one vmapped model
+def test_hashing_study_end_to_end(tmp_path, blobs_npz, batch_seeds):
     path = run_study("hashing", overrides=[
-        f"data={blobs_npz}", "seeds=2", "bits=8", "hidden=(32,16)", "train.epochs=2", "cnn_epochs=1",
+        f"data={blobs_npz}", "seeds=2", f"batch_seeds={batch_seeds}", "bits=8", "hidden=(32,16)", "train.epochs=2", "cnn_epochs=1",
         "tune=true", "tune_noise=(1.0,4.0)", "tune_hidden=((32,16),)", "train.progress=off",
         "train.batch_size=32", f"out_dir={tmp_path}"])
     m = json.loads((path / "metrics.json").read_text())

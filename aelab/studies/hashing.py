@@ -30,7 +30,7 @@ from ..models import build_model
 from ..models.hashing import SemHashConfig
 from ..report import plots
 from ..retrieval import evaluate_hash, nearest
-from .base import StudyConfig, each_seed, register_study
+from .base import StudyConfig, each_seed, note, register_study, train_seeds
 from .hashing_baselines import ITQ, LSH
 from .hashing_classifier import apply_batched, images, train_classifier
 
@@ -65,11 +65,14 @@ class HashingConfig(StudyConfig):
             raise ConfigError("tune_noise and tune_hidden must be non-empty, tune_fraction in (0, 1)")
 
 
+def build_ae(shape, cfg: HashingConfig, hidden, noise: float):
+    return build_model(SemHashConfig(name="semhash", latent_dim=cfg.bits, hidden=tuple(hidden), noise_std=noise), shape)
+
+
 def train_ae(train: DeviceData, shape, cfg: HashingConfig, seed: int, hidden, noise: float,
              epochs: int | None = None):
     torch.manual_seed(seed)
-    model = build_model(SemHashConfig(name="semhash", latent_dim=cfg.bits, hidden=tuple(hidden),
-                                      noise_std=noise), shape)
+    model = build_ae(shape, cfg, hidden, noise)
     fit(model, train, replace(cfg.train, epochs=epochs or cfg.train.epochs), seed=seed)
     return model
 
@@ -94,10 +97,10 @@ def tune(train: DeviceData, shape, cfg: HashingConfig, epochs: int) -> dict:
     return {"noise_std": best[1], "hidden": list(best[2]), "val_map": {k: v[0] for k, v in scores.items()}}
 
 
-def hashes(splits, shape, num_classes: int, cfg: HashingConfig, seed: int, noise: float, hidden):
-    """{method: (train bits (N, bits), test bits (M, bits))} for one seed, plus the AE's saturation."""
+def hashes(splits, shape, num_classes: int, cfg: HashingConfig, seed: int, ae):
+    """{method: (train bits (N, bits), test bits (M, bits))} for one seed (its trained AE given), plus
+    the AE's saturation."""
     tr, te = splits.train, splits.test
-    ae = train_ae(tr, shape, cfg, seed, hidden, noise)
     z_te = encode_all(ae, te).numpy()
     out = {"ae": (encode_all(ae, tr).numpy() > 0.5, z_te > 0.5)}
     x_tr, x_te = flat(tr), flat(te)
@@ -141,8 +144,11 @@ class HashingStudy:
             noise, hidden = tuned["noise_std"], tuned["hidden"]
         per: dict[str, dict[str, list[float]]] = {m: {} for m in METHODS}
         saturation, seconds = [], []
+        seeds = [cfg.seed + i for i in range(cfg.seeds)]
+        aes = train_seeds(cfg, lambda: build_ae(shape, cfg, hidden, noise), base.train, cfg.train, seeds)
+        note(f"hashing: the AEs of {len(seeds)} seed(s) trained")
         for i, seed in each_seed(cfg, "hashing"):
-            codes, sat = hashes(base, shape, ncls, cfg, seed, noise, hidden)
+            codes, sat = hashes(base, shape, ncls, cfg, seed, aes[i])
             saturation.append(sat)
             y_tr, y_te = base.train.y.cpu().numpy(), base.test.y.cpu().numpy()
             for m, (tr_bits, te_bits) in codes.items():
