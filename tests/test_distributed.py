@@ -9,6 +9,7 @@ import torch
 
 from aelab import distributed
 from aelab.checkpoint import load_tensors
+from aelab.data.stream import save_npy
 from aelab.distributed import DistributedContext
 from aelab.errors import ConfigError
 from aelab.runs import train
@@ -31,16 +32,20 @@ def test_single_process_is_not_distributed():
     assert not distributed.current().active and distributed.current().is_main
 
 
-def test_torchrun_two_processes_match_one_process(blobs_npz, tmp_path):
+@pytest.mark.parametrize("stream", [False, True])  # True: images memory-mapped, read chunk by chunk per rank
+def test_torchrun_two_processes_match_one_process(blobs, blobs_npz, tmp_path, stream):
     """Same global batch (16 = 2 x 8): the weights agree to float rounding; rank 0 alone writes."""
-    single = train(overrides=[f"data={blobs_npz}", *KEYS, f"out_dir={tmp_path / 'one'}", "name=r"])
+    data = [f"data=npy:{save_npy(blobs, tmp_path / 'npy')}", "data.stream=true", "data.chunk_rows=64"] \
+        if stream else [f"data={blobs_npz}"]
+    single = train(overrides=[*data, *KEYS, f"out_dir={tmp_path / 'one'}", "name=r"])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "aelab",
-           "train", f"data={blobs_npz}", *KEYS, f"out_dir={tmp_path / 'two'}", "name=r"]
+           "train", *data, *KEYS, f"out_dir={tmp_path / 'two'}", "name=r"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     two = tmp_path / "two" / "r"
     assert [p.name for p in (tmp_path / "two").iterdir()] == ["r"]
+    assert json.loads((two / "config.json").read_text())["data"]["stream"] is stream
     assert not list(two.glob("*.tmp*")) and not (two / "checkpoint.safetensors").exists()
     assert len((two / "history.jsonl").read_text().splitlines()) == 2
     assert json.loads((two / "metrics.json").read_text())["meta"]["processes"] == 2
