@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from aelab import checkpoint as ckpt
 from aelab import engine
 from aelab.config import TrainConfig
+from aelab.data.stream import read_npy, save_npy, stream_splits
 from aelab.errors import CheckpointError, DataError
 from aelab.models import build_model
 
@@ -95,14 +96,17 @@ def test_kill_9_then_resume_gives_identical_weights(reference, tmp_path, where, 
     assert [r["epoch"] for r in history] == [1, 2, 3]
 
 
-def test_sigint_mid_epoch_checkpoints_and_resumes_exactly(blob_splits, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stream", [False, True])  # True: the same rows, memory-mapped and read in chunks
+def test_sigint_mid_epoch_checkpoints_and_resumes_exactly(blobs, blob_splits, tmp_path, monkeypatch, stream):
     cfg = TrainConfig(epochs=2, batch_size=16, progress="off", corrupt="gaussian", corrupt_level=0.1)
+    train = stream_splits(read_npy(save_npy(blobs, tmp_path / "npy")), "cpu", 0.2, 0, chunk_rows=64).train \
+        if stream else blob_splits.train
     torch.manual_seed(0)
     full = build_model("dense", (1, 8, 8))
-    engine.fit(full, blob_splits.train, cfg)
+    engine.fit(full, train, cfg)
 
     calls = {"n": 0}
-    orig = type(blob_splits.train).batch
+    orig = type(train).batch
 
     def batch(self, idx):  # SIGINT arrives while the 15th batch is in flight
         calls["n"] += 1
@@ -110,16 +114,16 @@ def test_sigint_mid_epoch_checkpoints_and_resumes_exactly(blob_splits, tmp_path,
             signal.raise_signal(signal.SIGINT)
         return orig(self, idx)
 
-    monkeypatch.setattr(type(blob_splits.train), "batch", batch)
+    monkeypatch.setattr(type(train), "batch", batch)
     torch.manual_seed(0)
     model = build_model("dense", (1, 8, 8))
     with pytest.raises(engine.TrainingInterrupted, match="resume with `aelab train --resume"):
-        engine.fit(model, blob_splits.train, cfg, run_dir=tmp_path)
+        engine.fit(model, train, cfg, run_dir=tmp_path)
     monkeypatch.undo()
     _, doc = ckpt.load_tensors(tmp_path / engine.CHECKPOINT)
     assert doc["state"]["epoch"] == 1 and doc["state"]["batch"] == 3  # 12 batches an epoch: mid-epoch 2
     again = build_model("dense", (1, 8, 8))
-    engine.fit(again, blob_splits.train, cfg, run_dir=tmp_path, resume=True)
+    engine.fit(again, train, cfg, run_dir=tmp_path, resume=True)
     assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), again.state_dict().values()))
 
 
