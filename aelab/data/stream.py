@@ -57,15 +57,14 @@ def read_npy(folder: str | Path, mmap: bool = True) -> Dataset:
     """The four .npy files in `folder` as a Dataset; with `mmap` the images stay on disk (np.memmap)."""
     folder, arrays = Path(folder), {}
     for name in NAMES:
+        where = folder / f"{name}.npy"
         try:  # labels are small: always read; images are mapped
-            arrays[name] = np.load(folder / f"{name}.npy", mmap_mode="r" if mmap and name[0] == "x" else None)
+            a = np.load(where, mmap_mode="r" if mmap and name[0] == "x" else None)
         except (OSError, ValueError) as e:
-            raise DataError(f"{folder / (name + '.npy')}: cannot read it ({e}); a folder for npy: holds "
+            raise DataError(f"{where}: cannot read it ({e}); a folder for npy: holds "
                             f"{', '.join(n + '.npy' for n in NAMES)} (`aelab data --export NAME FOLDER` writes one)") from None
-    for name in NAMES:
-        where = str(folder / f"{name}.npy")
-        arrays[name] = npz_labels(arrays[name], where) if name[0] == "y" else \
-            _mapped_images(arrays[name], where) if mmap else npz_images(arrays[name], where)
+        check = npz_labels if name[0] == "y" else _mapped_images if mmap else npz_images
+        arrays[name] = check(a, str(where))
     classes = _class_names(folder, arrays["y_train"], arrays["y_test"])
     return check_dataset(Dataset(f"npy:{folder}", *(arrays[n] for n in NAMES), classes=classes, source=str(folder)))
 

@@ -24,7 +24,7 @@ from .. import stats
 from ..config import TrainConfig
 from ..data import load_dataset
 from ..data.device import DeviceData, pick_device, to_device
-from ..engine import encode_all, fit
+from ..engine import encode_all
 from ..errors import ConfigError
 from ..models import build_model
 from ..models.hashing import SemHashConfig
@@ -71,14 +71,6 @@ def build_ae(shape, cfg: HashingConfig, hidden, noise: float):
     return build_model(SemHashConfig(name="semhash", latent_dim=cfg.bits, hidden=tuple(hidden), noise_std=noise), shape)
 
 
-def train_ae(train: DeviceData, shape, cfg: HashingConfig, seed: int, hidden, noise: float,
-             epochs: int | None = None):
-    torch.manual_seed(seed)
-    model = build_ae(shape, cfg, hidden, noise)
-    fit(model, train, replace(cfg.train, epochs=epochs or cfg.train.epochs), seed=seed)
-    return model
-
-
 def flat(data: DeviceData) -> np.ndarray:
     return images(data).flatten(1).cpu().numpy()
 
@@ -91,7 +83,8 @@ def tune(train: DeviceData, shape, cfg: HashingConfig, epochs: int) -> dict:
     scores = {}
     for hidden in cfg.tune_hidden:
         for noise in cfg.tune_noise:
-            model = train_ae(fit_part, shape, cfg, cfg.seed, hidden, noise, epochs)
+            build = lambda: build_ae(shape, cfg, hidden, noise)  # noqa: E731
+            model = train_seeds(cfg, build, fit_part, replace(cfg.train, epochs=epochs), [cfg.seed])[0]
             res = evaluate_hash(encode_all(model, held).numpy() > 0.5, held.y.cpu().numpy(),
                                 encode_all(model, fit_part).numpy() > 0.5, fit_part.y.cpu().numpy(), cfg.k)
             scores[f"noise={noise} hidden={list(hidden)}"] = (res["map"], noise, tuple(hidden))
