@@ -93,6 +93,16 @@ def test_cli_export_then_stream_and_clear_errors(tmp_path, monkeypatch, capsys):
     assert code == 2 and "not found" in err
     code, _, err = run_cli(monkeypatch, capsys, "train", "data.chunk_rows=0")
     assert code == 2 and "data.chunk_rows" in err
+    (tmp_path / "a_file").write_text("")
+    code, _, err = run_cli(monkeypatch, capsys, "data", "--export", "digits", str(tmp_path / "a_file" / "dg"))
+    assert code == 2 and "cannot write" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text,match", [("{not json", "not valid JSON"), ("[]", "non-empty list")])
+def test_bad_class_names_file_is_a_data_error(npy_dir, text, match):
+    (npy_dir / "classes.json").write_text(text)
+    with pytest.raises(DataError, match=match):
+        read_npy(npy_dir)
 
 
 @pytest.mark.parametrize("study", study_names())
