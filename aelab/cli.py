@@ -114,6 +114,22 @@ def study(args: tuple[str, ...], list_: bool, force: bool) -> None:
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--onnx", "onnx_dir", type=click.Path(), required=True,
+              help="Write encoder.onnx, decoder.onnx (hash.onnx for hashing models) and card.json here.")
+def export(run_dir: str, onnx_dir: str) -> None:
+    """Export a finished run's encoder and decoder as ONNX files with a JSON card."""
+    from .export import export_run
+
+    card = export_run(run_dir, onnx_dir)
+    for name, file in card["files"].items():
+        click.echo(f"{name:8s} {Path(onnx_dir) / file}")
+    for name, why in card["not_exported"].items():
+        click.echo(f"{name:8s} not exported: {why}")
+    click.echo(f"card     {Path(onnx_dir) / 'card.json'}")
+
+
+@cli.command()
 def models() -> None:
     """List every registered model with its config fields and defaults."""
     from .models import get_model_class, model_names

@@ -81,6 +81,7 @@ class _Reverse(torch.autograd.Function):
 @register("adversarial")
 class AdversarialClassifier(Autoencoder):
     Config = AdversarialConfig
+    has_decoder = False  # the decoder is the memorisation penalty's adversary, not a way back to images
 
     def __init__(self, cfg: AdversarialConfig, input_shape, num_classes=10):
         super().__init__(cfg, input_shape, num_classes)

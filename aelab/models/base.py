@@ -86,6 +86,9 @@ class Autoencoder(nn.Module):
 
     Config = AEConfig
     name = "?"
+    # False where decode() is not the model's own way back to images (the memorisation classifier's
+    # decoder is an adversary that probes the representation): explorers and exporters skip it then.
+    has_decoder = True
 
     def __init__(self, cfg: AEConfig, input_shape: tuple[int, int, int], num_classes: int = 10):
         super().__init__()
@@ -129,6 +132,10 @@ class Autoencoder(nn.Module):
         return []
 
     # -- evaluation
+    def decode_image(self, z: torch.Tensor) -> torch.Tensor:
+        """Codes (B, latent_dim) -> images (B, C, H, W) in [0, 1]: sigmoid of the decoder's logits."""
+        return torch.sigmoid(self.decode(z))
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the reconstruction of clean images (the mean code for stochastic encoders)."""

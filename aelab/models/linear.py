@@ -73,6 +73,11 @@ class LinearAE(Autoencoder):
             return losses.mse(out, x).mean()  # identity output: no sigmoid
         return super().recon_loss(out, x)
 
+    def decode_image(self, z: torch.Tensor) -> torch.Tensor:
+        if self.cfg.recon == "bce":
+            return super().decode_image(z)
+        return self.decode(z).clamp(0, 1)  # the output is the image itself
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         out = self.decode(self.encode(x))
