@@ -102,6 +102,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: Literal["none", "mlflow"] = "none"  # mlflow: log params, metrics, artifacts (aelab.tracking)
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else ./mlruns
 
     def __post_init__(self) -> None:
         if type(self.model) is ModelConfig:  # resolve the bare default to the model's own config

@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from . import __version__, analysis, distributed
+from . import __version__, analysis, distributed, tracking
 from .checkpoint import atomic_write_text, load_state, load_tensors, save_model
 from .config import RunConfig, from_dict, make_config, to_dict
 from .data import load_dataset
 from .data.device import Splits, pick_device, to_device
 from .data.stream import stream_splits
-from .engine import CHECKPOINT, fit
+from .engine import CHECKPOINT, TrainingInterrupted, fit
 from .errors import CheckpointError
 from .models import Autoencoder, build_model
 from .report import write_report
@@ -67,6 +67,7 @@ def train(cfg: RunConfig | None = None, *, config_file: str | Path | None = None
     """Train a model as `cfg` (or the defaults with a TOML file and `key=value` overrides) says."""
     cfg = make_config(cfg or RunConfig(), config_file, list(overrides))
     data = load_splits(cfg)  # bad data fails here, before a run folder exists
+    tracking.require(cfg.tracking)  # so does tracking=mlflow without MLflow installed
     path, ctx, failed = Path(cfg.out_dir) / cfg.run_name, distributed.current(), None
     if ctx.is_main:  # under torchrun only rank 0 claims the folder and writes files
         try:
@@ -125,20 +126,26 @@ def _execute(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resume: bool)
     rows = list(load_tensors(path / CHECKPOINT)[1]["state"]["history"]) if resume else []
     ctx = distributed.current()
     board = _tensorboard(path) if ctx.is_main else None
+    tracker = _tracker(cfg, path) if ctx.is_main else tracking.Tracker()
 
     def log_epoch(row: dict) -> None:  # the whole file each epoch: a resumed run rewrites it consistently
         if not ctx.is_main:
             return
         rows.append(row)
         atomic_write_text(path / "history.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("epoch", "step")}
+        tracker.log_metrics(scalars, step=row["epoch"], prefix="epoch/")
         if board is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
-                    board.add_scalar(k, v, row["epoch"])
+            for k, v in scalars.items():
+                board.add_scalar(k, v, row["epoch"])
             board.flush()
 
-    history = fit(model, splits.train, cfg.train, val=splits.val, seed=cfg.seed, augment=cfg.data,
-                  run_dir=path, resume=resume, meta={"config": to_dict(cfg)}, on_epoch=log_epoch)
+    try:
+        history = fit(model, splits.train, cfg.train, val=splits.val, seed=cfg.seed, augment=cfg.data,
+                      run_dir=path, resume=resume, meta={"config": to_dict(cfg)}, on_epoch=log_epoch)
+    except BaseException as e:  # the MLflow run says how it ended; the error goes on unchanged
+        tracker.finish("KILLED" if isinstance(e, (KeyboardInterrupt, TrainingInterrupted)) else "FAILED")
+        raise
     meta["train_seconds"] = time.perf_counter() - t0
     if ctx.active:
         meta["processes"] = ctx.world
@@ -154,10 +161,19 @@ def _execute(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resume: bool)
     atomic_write_text(path / "metrics.json", json.dumps(metrics, indent=2))
     (path / CHECKPOINT).unlink(missing_ok=True)  # the final weights are in model.safetensors
     write_report(path)
+    tracker.log_metrics(metrics)
+    tracker.log_artifacts(path)
+    tracker.finish()
     if ctx.active:
         ctx.barrier()
         distributed.teardown()
     return path
+
+
+def _tracker(cfg: RunConfig, path: Path) -> tracking.Tracker:
+    """The run's MLflow run (with tracking=mlflow): params = the config; a resumed run continues its own."""
+    return tracking.start(cfg.tracking, cfg.tracking_uri, path.name, to_dict(cfg), folder=path,
+                          tags={"aelab.kind": "run", "aelab.run_dir": str(path.resolve())})
 
 
 def _tensorboard(path: Path):
