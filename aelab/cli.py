@@ -115,6 +115,19 @@ def study(args: tuple[str, ...], list_: bool, force: bool) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path())
+@click.option("--port", default=5006, show_default=True, help="Port on 127.0.0.1 (0 = any free port).")
+@click.option("--points", default=10_000, show_default=True, help="Test images on the map.")
+@click.option("--maps", default="", help="Comma-separated 2-D maps: pca, tsne, umap (default: pca, plus umap "
+                                         "when installed).")
+def explore(run_dir: str, port: int, points: int, maps: str) -> None:
+    """Explore a finished run's latent space in the browser (map, morphs, sliders, attributes)."""
+    from .explore import explore as run_explorer
+
+    run_explorer(run_dir, port, points, [m.strip() for m in maps.split(",") if m.strip()] or None, click.echo)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
 @click.option("--onnx", "onnx_dir", type=click.Path(), required=True,
               help="Write encoder.onnx, decoder.onnx (hash.onnx for hashing models) and card.json here.")
 def export(run_dir: str, onnx_dir: str) -> None:

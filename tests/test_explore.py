@@ -1,0 +1,206 @@
+"""The explorer without a browser: the latent-space math, the cache in the run folder, the Bokeh
+document's callbacks, the CLI's errors and a clean Ctrl-C. The browser test is test_explore_browser.py.
+
+    .venv/bin/python -m pytest tests/test_explore.py -q
+"""
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("bokeh", reason="the explore extra is not installed: pip install 'aelab[explore]'")
+
+from aelab.explore.space import CACHE, Space, load_space, slerp  # noqa: E402
+from aelab.models import build_model  # noqa: E402
+from aelab.runs import train  # noqa: E402
+
+AELAB = [sys.executable, "-m", "aelab"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two tiny finished runs on the blobs: a conv AE and a VAE (one epoch each, seconds)."""
+    from conftest import make_blobs
+
+    root = tmp_path_factory.mktemp("explore")
+    ds = make_blobs()
+    npz = root / "blobs.npz"
+    np.savez(npz, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
+    fast = [f"data=npz:{npz}", f"out_dir={root}", "train.epochs=1", "eval.tsne=false", "train.progress=off"]
+    return {m: train(overrides=[*fast, f"model={m}", f"name={m}", *(["model.arch=dense"] if m == "vae" else [])])
+            for m in ("conv", "vae")}
+
+
+def toy_space(name: str = "conv", n: int = 40) -> Space:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8)
+    images[: n // 2] //= 8  # the first half light, the second heavy
+    model = build_model(name, (1, 8, 8)).eval()
+    codes = rng.normal(size=(n, model.cfg.latent_dim)).astype(np.float32)
+    return Space(model, images, np.arange(n) % 4, ["a", "b", "c", "d"], codes, {"pca": codes[:, :2]})
+
+
+def test_morph_runs_from_a_to_b_and_the_vae_also_slerps():
+    s = toy_space("conv")
+    paths = s.morph(3, 7, 6)
+    assert list(paths) == ["linear"] and paths["linear"].shape == (6, s.codes.shape[1])
+    np.testing.assert_allclose(paths["linear"][[0, -1]], s.codes[[3, 7]], atol=1e-6)
+    np.testing.assert_allclose(np.diff(paths["linear"], axis=0), np.diff(paths["linear"], axis=0)[:1].repeat(5, 0),
+                               atol=1e-5)  # equal steps along one line
+    v = toy_space("vae")
+    paths = v.morph(3, 7, 9)
+    assert list(paths) == ["linear", "spherical"]
+    np.testing.assert_allclose(paths["spherical"][[0, -1]], v.codes[[3, 7]], atol=1e-5)
+    a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])  # a quarter circle: the norm stays 1 all the way
+    mid = slerp(a, b, np.linspace(0, 1, 5)[:, None])
+    np.testing.assert_allclose(np.linalg.norm(mid, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(mid[2], [np.sqrt(0.5)] * 2, atol=1e-6)
+
+
+def test_sliders_and_attribute_vectors_edit_the_code():
+    s = toy_space("conv")  # 30-d codes: wider than MAX_SLIDERS, so principal directions
+    assert s.basis.shape == (12, 30)
+    np.testing.assert_allclose(s.basis @ s.basis.T, np.eye(12), atol=1e-5)
+    np.testing.assert_allclose(s.edit(5, np.zeros(12)), s.codes[5])
+    moved = s.edit(5, np.eye(12)[2] * 1.5)
+    np.testing.assert_allclose(moved - s.codes[5], 1.5 * s.scale[2] * s.basis[2], atol=1e-5)
+    ink = s.attribute("ink")  # heaviest 10% minus lightest 10%: rows of the second half minus the first
+    ink_sum = s.images.reshape(40, -1).sum(1)
+    order = np.argsort(ink_sum, kind="stable")
+    np.testing.assert_allclose(ink, s.codes[order[-4:]].mean(0) - s.codes[order[:4]].mean(0), atol=1e-6)
+    assert set(order[-4:]) <= set(range(20, 40)) and set(order[:4]) <= set(range(20))
+    cls = s.attribute("class", 1, 3)
+    np.testing.assert_allclose(cls, s.codes[s.labels == 3].mean(0) - s.codes[s.labels == 1].mean(0), atol=1e-6)
+    np.testing.assert_allclose(s.edit(5, np.zeros(12), cls, 0.5), s.codes[5] + 0.5 * cls, atol=1e-6)
+    narrow = toy_space("vae")  # 16-d > 12 too; a 4-d linear AE gets one slider per dimension
+    lin = Space(build_model("linear", (1, 8, 8)), narrow.images, narrow.labels, [], narrow.codes[:, :4], {})
+    np.testing.assert_allclose(lin.basis, np.eye(4))
+    np.testing.assert_allclose(lin.scale, narrow.codes[:, :4].std(0) + 1e-6, rtol=1e-5)
+
+
+def test_decode_gives_the_models_images():
+    s = toy_space("conv")
+    img = s.decode(s.codes[:2])
+    assert img.dtype == np.uint8 and img.shape == (2, 1, 8, 8)
+    want = (torch.sigmoid(s.model.decode(torch.from_numpy(s.codes[:2]))) * 255).round().to(torch.uint8).numpy()
+    np.testing.assert_array_equal(img, want)
+
+
+def test_codes_and_maps_are_cached_in_the_run_folder(runs):
+    path = runs["conv"]
+    space, computed = load_space(path)
+    assert computed and (path / CACHE).is_file() and len(space.codes) == 80
+    from aelab.runs import load_run
+
+    run = load_run(path)
+    x = torch.from_numpy(space.images).float() / 255
+    np.testing.assert_allclose(space.codes, run.model.encode(x).detach().numpy(), atol=1e-5)
+    before = (path / CACHE).stat().st_mtime_ns
+    again, computed = load_space(path)
+    assert not computed and (path / CACHE).stat().st_mtime_ns == before
+    np.testing.assert_array_equal(again.maps["pca"], space.maps["pca"])
+    fewer, computed = load_space(path, points=50)  # another key: computed afresh
+    assert computed and len(fewer.codes) == 50
+
+
+def test_document_callbacks_decode_on_the_server(runs):
+    from bokeh.document import Document
+
+    from aelab.explore.app import Explorer, make_document
+
+    space, _ = load_space(runs["vae"])
+    doc = Document()
+    make_document(doc, space, "vae")
+    assert doc.select_one({"name": "slider0"}) is not None and doc.select_one({"name": "note"}) is None
+    ex = Explorer(space, "vae")  # the same widgets, driven directly
+    doc2 = Document()
+    doc2.add_root(ex.map_figure())
+    doc2.add_root(ex.controls())
+    ex.source.selected.indices = [4]
+    ex.source.selected.indices = [9]
+    assert 'data-from="4" data-to="9"' in ex.morph_div.text
+    assert ex.morph_div.text.count('data-role="morph"') == 2 * 10  # linear and spherical, 10 steps each
+    assert ex.morph_div.text.count('data-path="spherical"') == 10
+    ex.steps.value = 5
+    assert ex.morph_div.text.count('data-role="morph"') == 2 * 5
+    before = ex.edited_div.text
+    ex.sliders[0].value = 2.5
+    assert ex.edited_div.text != before
+    ex.attr_kind.value, ex.strength.value = "class", 1.0
+    assert ex.edited_div.text != before
+
+
+def test_a_model_without_a_decoder_gets_the_map_only(runs, tmp_path):
+    from bokeh.document import Document
+
+    from aelab.explore.app import make_document
+
+    s = toy_space("adversarial")
+    s.note = "adversarial has no decoder of its own: the map only"
+    assert not s.decodes
+    doc = Document()
+    make_document(doc, s, "adv")
+    assert doc.select_one({"name": "map"}) is not None and doc.select_one({"name": "slider0"}) is None
+    assert "map only" in doc.select_one({"name": "note"}).text
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(runs, tmp_path):
+    nofolder = subprocess.run(AELAB + ["explore", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=120)
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text((runs["conv"] / "config.json").read_text())
+    noweights = subprocess.run(AELAB + ["explore", str(unfinished)], capture_output=True, text=True, timeout=120)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = subprocess.run(AELAB + ["explore", str(runs["conv"]), "--port", str(port)], capture_output=True,
+                               text=True, timeout=120)
+    for done, fragment in [(nofolder, "not an aelab run folder"), (noweights, "has no weights"),
+                           (taken, f"port {port} on 127.0.0.1 is busy")]:
+        assert done.returncode == 2, done.stderr
+        assert fragment in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_serves_offline_and_ctrl_c_stops_it_cleanly(runs):
+    proc = subprocess.Popen(AELAB + ["explore", str(runs["conv"]), "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        for line in proc.stdout:  # the URL line comes once the server listens
+            found = re.search(r"http://127\.0\.0\.1:\d+/", line)
+            if found:
+                url = found.group(0)
+                break
+        assert url, proc.stderr.read()
+        page = urllib.request.urlopen(url, timeout=30).read().decode()
+        scripts = re.findall(r'<script[^>]*src="([^"]+)"', page)
+        assert scripts and all(s.startswith("/static/") for s in scripts), scripts  # BokehJS from the wheel
+        assert "cdn." not in page
+        for s in scripts:
+            assert urllib.request.urlopen(url.rstrip("/") + s, timeout=30).status == 200
+        png = urllib.request.urlopen(url + "img/3.png", timeout=30).read()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    assert proc.returncode == 0 and "stopped" in out and "Traceback" not in err, err

@@ -1,0 +1,137 @@
+"""The explorer in a real browser: headless Chromium (Debian's chromium + chromium-driver) under Selenium
+opens `aelab explore`, hovers a point, taps two, drags a slider, and reads the images back.
+
+    .venv/bin/python -m pytest tests/test_explore_browser.py -q
+
+Skips with the reason where Chromium, chromedriver or selenium is missing (.ci/run installs them).
+The README's screenshot is taken by this same code path:
+
+    AELAB_EXPLORE_RUN=runs/vae-fmnist AELAB_EXPLORE_SCREENSHOT=docs/explore.png \\
+        .venv/bin/python -m pytest tests/test_explore_browser.py -q -k given_run
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("bokeh", reason="the explore extra is not installed: pip install 'aelab[explore]'")
+from aelab.explore import browser  # noqa: E402
+
+if browser.missing():
+    pytest.skip(browser.missing(), allow_module_level=True)
+
+from aelab.explore.space import load_space  # noqa: E402
+from aelab.runs import train  # noqa: E402
+
+AELAB = [sys.executable, "-m", "aelab"]
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    from conftest import make_blobs
+
+    root = tmp_path_factory.mktemp("browser")
+    ds = make_blobs()
+    npz = root / "blobs.npz"
+    np.savez(npz, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
+    fast = [f"data=npz:{npz}", f"out_dir={root}", "train.epochs=10", "train.batch_size=32", "eval.tsne=false",
+            "train.progress=off"]  # 60 steps: enough for the VAE to use its code (sliders then change pixels)
+    return {m: train(overrides=[*fast, f"model={m}", f"name={m}"]) for m in ("conv", "vae")}
+
+
+class Served:
+    """`aelab explore RUN --port 0` in a subprocess; its URL from the line it prints."""
+
+    def __init__(self, run: Path):
+        self.proc = subprocess.Popen(AELAB + ["explore", str(run), "--port", "0"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        for line in self.proc.stdout:
+            if found := re.search(r"http://127\.0\.0\.1:\d+/", line):
+                self.url = found.group(0)
+                return
+        raise RuntimeError(f"aelab explore did not start: {self.proc.stderr.read()}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def isolated(xy: np.ndarray, k: int) -> list[int]:
+    """The k points farthest from their nearest neighbour: a hover or tap there hits only them."""
+    span = xy.max(0) - xy.min(0) + 1e-9
+    p = (xy - xy.min(0)) / span
+    d = np.sqrt(((p[:, None] - p[None]) ** 2).sum(-1)) + np.eye(len(p)) * 9
+    return [int(i) for i in np.argsort(-d.min(1))[:k]]
+
+
+def session(run: Path, screenshot: str | None = None) -> dict:
+    """Everything a person does on the page, with what the page showed back: the test's assertions and
+    the README screenshot both come from here."""
+    space, _ = load_space(run)  # the same cache the server reads: the expected images
+    hover_i, a, b = isolated(space.maps["pca"][:2000], 3)
+    out = {"space": space, "a": a, "b": b, "hover_i": hover_i}
+    with Served(run) as served, browser.chromium() as driver:
+        page = browser.Page(driver, served.url)
+        out["load_ms"] = page.open()
+        out["resources"] = page.js("return performance.getEntriesByType('resource').map(e => e.name);")
+        out["hover"] = page.hover(hover_i)
+        page.tap(a)
+        page.tap(b)
+        steps = int(page.value("steps"))
+        out["steps"] = steps
+        out["morph"] = page.morph(a, b, steps * len(space.morph(a, b, 2)))
+        before = page.images("edited")[0]["src"]
+        out["edited_before"] = browser.decode_png(before)
+        page.drag("slider0", 70)
+        out["slider"] = page.value("slider0")
+        page.wait("return deep(document, 'img[data-role=edited]').some(e => e.src != arguments[0]);", 20, before)
+        out["edited_after"] = browser.decode_png(page.images("edited")[0]["src"])
+        if screenshot:
+            out["screenshot"] = page.screenshot(screenshot)
+    return out
+
+
+def check(out: dict) -> None:
+    space, a, b, steps = out["space"], out["a"], out["b"], out["steps"]
+    origin = re.match(r"http://127\.0\.0\.1:\d+", out["resources"][0]).group(0) if out["resources"] else ""
+    assert all(r.startswith(origin) or r.startswith("data:") for r in out["resources"]), out["resources"]
+
+    # hover: the tooltip loaded test image i, pixel for pixel
+    np.testing.assert_array_equal(out["hover"].reshape(space.images[out["hover_i"]].shape), space.images[out["hover_i"]])
+
+    # morph: `steps` images per path, from A's decoded code to B's
+    paths = list(space.morph(a, b, steps))
+    assert len(out["morph"]) == steps * len(paths)
+    assert [m["path"] for m in out["morph"]] == [p for p in paths for _ in range(steps)]
+    first, last = (browser.decode_png(out["morph"][k]["src"]) for k in (0, steps - 1))
+    ends = space.decode(space.codes[[a, b]])
+    np.testing.assert_array_equal(first.reshape(ends[0].shape), ends[0])
+    np.testing.assert_array_equal(last.reshape(ends[1].shape), ends[1])
+
+    # the slider moved, and the decoded image's pixels changed with it
+    assert out["slider"] > 0
+    assert not np.array_equal(out["edited_before"], out["edited_after"])
+
+
+@pytest.mark.parametrize("model", ["conv", "vae"])
+def test_hover_tap_morph_slider_in_chromium(tiny_runs, model):
+    out = session(tiny_runs[model])
+    check(out)
+    assert len(out["morph"]) == out["steps"] * (2 if model == "vae" else 1)  # the VAE adds the spherical path
+
+
+@pytest.mark.skipif(not os.environ.get("AELAB_EXPLORE_RUN"), reason="set AELAB_EXPLORE_RUN=RUN (README screenshot)")
+def test_given_run_and_screenshot():
+    """A run of your own (e.g. the README's Fashion-MNIST VAE), screenshot when AELAB_EXPLORE_SCREENSHOT is set."""
+    out = session(Path(os.environ["AELAB_EXPLORE_RUN"]), os.environ.get("AELAB_EXPLORE_SCREENSHOT"))
+    check(out)
+    print(f"page load {out['load_ms']:.0f} ms for {len(out['space'].codes)} points")
