@@ -19,8 +19,8 @@ import torch
 
 pytest.importorskip("bokeh", reason="the explore extra is not installed: pip install 'aelab[explore]'")
 
-from aelab.explore.space import CACHE, Space, load_space, slerp  # noqa: E402
-from aelab.models import build_model  # noqa: E402
+from aelab.explore.space import CACHE, Space, directions, load_space, slerp  # noqa: E402
+from aelab.models import build_model, model_names  # noqa: E402
 from aelab.runs import train  # noqa: E402
 
 AELAB = [sys.executable, "-m", "aelab"]
@@ -154,10 +154,31 @@ def test_a_model_without_a_decoder_gets_the_map_only(runs, tmp_path):
     assert "map only" in doc.select_one({"name": "note"}).text
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.mark.parametrize("name", model_names())
+def test_every_registered_model_explores(name):
+    """A model with a decoder gets morphs and live edits, one without the map only (untrained models: codes
+    drawn with a spread wide enough that a slider step changes the decoded pixels)."""
+    from bokeh.document import Document
+
+    from aelab.explore.app import Explorer
+
+    s = toy_space(name)
+    width = s.model.encode(torch.from_numpy(s.images[:2]).float() / 255).shape[1]  # the representation's
+    s.codes = np.random.default_rng(1).normal(0, 2, (len(s.images), width)).astype(np.float32)
+    s.basis, s.scale = directions(s.codes)
+    ex = Explorer(s, name)
+    doc = Document()
+    doc.add_root(ex.map_figure())
+    assert s.decodes == (name != "adversarial")
+    if not s.decodes:
+        return
+    doc.add_root(ex.controls())
+    ex.source.selected.indices = [1]
+    ex.source.selected.indices = [22]
+    assert ex.morph_div.text.count('data-role="morph"') == 10 * (2 if name == "vae" else 1)
+    before = ex.edited_div.text
+    ex.sliders[0].value = 3.0
+    assert ex.edited_div.text != before, name
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(runs, tmp_path):

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +26,6 @@ if browser.missing():
 
 from aelab.explore.space import load_space  # noqa: E402
 from aelab.runs import train  # noqa: E402
-
-AELAB = [sys.executable, "-m", "aelab"]
 
 
 @pytest.fixture(scope="module")
@@ -45,41 +41,13 @@ def tiny_runs(tmp_path_factory):
     return {m: train(overrides=[*fast, f"model={m}", f"name={m}"]) for m in ("conv", "vae")}
 
 
-class Served:
-    """`aelab explore RUN --port 0` in a subprocess; its URL from the line it prints."""
-
-    def __init__(self, run: Path):
-        self.proc = subprocess.Popen(AELAB + ["explore", str(run), "--port", "0"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        for line in self.proc.stdout:
-            if found := re.search(r"http://127\.0\.0\.1:\d+/", line):
-                self.url = found.group(0)
-                return
-        raise RuntimeError(f"aelab explore did not start: {self.proc.stderr.read()}")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-
-
-def isolated(xy: np.ndarray, k: int) -> list[int]:
-    """The k points farthest from their nearest neighbour: a hover or tap there hits only them."""
-    span = xy.max(0) - xy.min(0) + 1e-9
-    p = (xy - xy.min(0)) / span
-    d = np.sqrt(((p[:, None] - p[None]) ** 2).sum(-1)) + np.eye(len(p)) * 9
-    return [int(i) for i in np.argsort(-d.min(1))[:k]]
-
-
 def session(run: Path, screenshot: str | None = None) -> dict:
     """Everything a person does on the page, with what the page showed back: the test's assertions and
     the README screenshot both come from here."""
     space, _ = load_space(run)  # the same cache the server reads: the expected images
-    hover_i, a, b = isolated(space.maps["pca"][:2000], 3)
+    hover_i, a, b = browser.isolated(space.maps["pca"], 3)
     out = {"space": space, "a": a, "b": b, "hover_i": hover_i}
-    with Served(run) as served, browser.chromium() as driver:
+    with browser.Served(run) as served, browser.chromium() as driver:
         page = browser.Page(driver, served.url)
         out["load_ms"] = page.open()
         out["resources"] = page.js("return performance.getEntriesByType('resource').map(e => e.name);")

@@ -17,7 +17,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -75,6 +78,35 @@ def chromium() -> Iterator["object"]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+class Served:
+    """`aelab explore RUN --port 0` in a subprocess (the user's path); its URL from the line it prints."""
+
+    def __init__(self, run: str | Path):
+        self.proc = subprocess.Popen([sys.executable, "-m", "aelab", "explore", str(run), "--port", "0"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in self.proc.stdout:
+            if found := re.search(r"http://127\.0\.0\.1:\d+/", line):
+                self.url = found.group(0)
+                return
+        raise RuntimeError(f"aelab explore did not start: {self.proc.stderr.read().strip()}")
+
+    def __enter__(self) -> "Served":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def isolated(xy: np.ndarray, k: int) -> list[int]:
+    """The k map points (xy (N, 2)) farthest from their nearest neighbour: a pointer there hits only them."""
+    from scipy.spatial import cKDTree
+
+    p = (xy - xy.min(0)) / (xy.max(0) - xy.min(0) + 1e-9)  # the plot's aspect: both axes span the frame
+    nearest = cKDTree(p).query(p, k=2)[0][:, 1]
+    return [int(i) for i in np.argsort(-nearest, kind="stable")[:k]]
 
 
 def decode_png(src: str) -> np.ndarray:
