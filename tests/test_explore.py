@@ -111,6 +111,10 @@ def test_codes_and_maps_are_cached_in_the_run_folder(runs):
     np.testing.assert_array_equal(again.maps["pca"], space.maps["pca"])
     fewer, computed = load_space(path, points=50)  # another key: computed afresh
     assert computed and len(fewer.codes) == 50
+    both, computed = load_space(path, points=50, maps=["pca", "tsne"])  # a map asked for later is added
+    assert computed and list(both.maps) == ["pca", "tsne"] and both.maps["tsne"].shape == (50, 2)
+    np.testing.assert_array_equal(both.maps["pca"], fewer.maps["pca"])
+    assert not load_space(path, points=50, maps=["tsne"])[1]
 
 
 def test_document_callbacks_decode_on_the_server(runs):

@@ -22,6 +22,7 @@ from PIL import Image
 from .space import Space
 
 SHOWN = 84  # CSS px of an image's longer side (a morph step: 2/3 of it); 28x28 -> x3, 8x8 -> x10
+VIEWS = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
 ATTRIBUTES = {"ink": "ink: heaviest minus lightest images", "class": "class A → class B"}
 
 
@@ -68,7 +69,7 @@ class Explorer:
         self.source = ColumnDataSource({"x": xy[:, 0], "y": xy[:, 1], "label": names,
                                         "index": np.arange(len(names))})
         p = figure(name="map", width=700, height=600, tools="pan,wheel_zoom,box_zoom,reset,tap",
-                   active_scroll="wheel_zoom", title=f"test codes, {self.view.upper()}")
+                   active_scroll="wheel_zoom", title=f"test codes, {VIEWS[self.view]}")
         r = p.scatter("x", "y", source=self.source, size=5, alpha=0.7, nonselection_alpha=0.7,
                       color=factor_cmap("label", palette(len(factors)), factors), legend_field="label")
         style = size_style(*s.images.shape[2:])
@@ -86,7 +87,7 @@ class Explorer:
     def on_view(self, attr, old, new) -> None:
         self.view, xy = new, self.s.maps[new]
         self.source.data.update(x=xy[:, 0], y=xy[:, 1])
-        self.plot.title.text = f"test codes, {new.upper()}"
+        self.plot.title.text = f"test codes, {VIEWS[new]}"
         self.update_marks()
 
     def update_marks(self) -> None:
