@@ -230,3 +230,13 @@ def test_meta_records_the_commit_at_the_start(tmp_path, toy, monkeypatch):
 def test_sen_study_refuses_another_model(tmp_path):
     with pytest.raises(ConfigError, match="keep model=sen"):
         runner.run_study("sen", overrides=["model=conv", f"out_dir={tmp_path}"])
+
+
+def test_ray_executor_stores_the_same_study(tmp_path):
+    """A local Ray instance (2 CPUs) runs each cell as a task; the driver stores them; same metrics."""
+    pytest.importorskip("ray")
+    over = ["data=digits", "quick=true", "seeds=2", "models=('dense','conv')", f"out_dir={tmp_path}"]
+    local = runner.run_study("features", overrides=over + ["workers=1", "name=local"])
+    ray_run = runner.run_study("features", overrides=over + ["executor=ray", "workers=2", "name=ray"])
+    assert (ray_run / "metrics.json").read_bytes() == (local / "metrics.json").read_bytes()
+    assert len(list((ray_run / "cells").glob("*.json"))) == 4

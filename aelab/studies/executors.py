@@ -178,8 +178,8 @@ class RayExecutor:
             import ray
         except ImportError:
             raise ConfigError("executor=ray needs Ray: pip install -e '.[ray]'") from None
-        self.ray = ray
-        if not ray.is_initialized():
+        self.ray, self.started = ray, not ray.is_initialized()
+        if self.started:
             addr = address or os.environ.get("RAY_ADDRESS") or None
             ray.init(address=addr, include_dashboard=False, log_to_driver=False,
                      **({} if addr else {"num_cpus": max(workers, 1) * threads}))
@@ -209,6 +209,8 @@ class RayExecutor:
     def close(self, cancel: bool = False) -> None:
         for ref in self.pending:
             self.ray.cancel(ref, force=True)
+        if self.started:  # a local instance this study started; a cluster's connection stays the caller's
+            self.ray.shutdown()
 
 
 def _ray_cell(study_name: str, cfg_doc: dict, key: str, deps: dict, config_sha: str) -> Outcome:
