@@ -15,6 +15,7 @@ The MLflow run id is kept in the run folder's tracking.json, so `--resume` conti
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 import sys
@@ -43,8 +44,9 @@ def flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def numeric(doc: dict[str, Any]) -> dict[str, float]:
-    """The finite-or-not numbers of a (nested) dict, flattened; bools and strings are left out."""
-    return {k: float(v) for k, v in flatten(doc).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """The numbers of a (nested) dict, flattened (numpy scalars too); bools, strings, lists, arrays left out."""
+    return {k: float(v) for k, v in flatten(doc).items()
+            if isinstance(v, numbers.Real) and not isinstance(v, bool) and type(v).__name__ != "bool_"}
 
 
 def metric_name(key: str) -> str:
@@ -59,8 +61,8 @@ class Tracker:
 
     def log_params(self, params: dict[str, Any]) -> None: ...
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None, prefix: str = "") -> None: ...
-    def log_artifacts(self, folder: str | Path) -> None: ...
-    def log_cell(self, key: str, fields: dict[str, Any], results: dict[str, Any]) -> None: ...
+    def log_artifacts(self, folder: str | Path, names: tuple[str, ...] = ()) -> None: ...
+    def log_cell(self, key: str, fields: dict[str, Any], row: dict[str, Any]) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
@@ -183,25 +185,27 @@ class MlflowTracker(Tracker):
         for i in range(0, len(items), 1000):
             self._safe(self.client.log_batch, self.run_id, metrics=items[i:i + 1000])
 
-    def log_artifacts(self, folder: str | Path) -> None:
-        """Every file and folder of `folder` but the checkpoint, TensorBoard logs and tracking.json."""
+    def log_artifacts(self, folder: str | Path, names: tuple[str, ...] = ()) -> None:
+        """The files and folders of `folder` named in `names` (default: all but the checkpoint,
+        TensorBoard logs and tracking.json)."""
         for item in sorted(Path(folder).iterdir()):
-            if item.name in SKIP or item.name.startswith("."):
+            if item.name in SKIP or item.name.startswith(".") or (names and item.name not in names):
                 continue
             if item.is_dir():
                 self._safe(self.client.log_artifacts, self.run_id, str(item), item.name)
             else:
                 self._safe(self.client.log_artifact, self.run_id, str(item))
 
-    def log_cell(self, key: str, fields: dict[str, Any], results: dict[str, Any]) -> None:
-        """A finished study cell as a child run of this (the study's) run: fields -> params, numbers -> metrics."""
+    def log_cell(self, key: str, fields: dict[str, Any], row: dict[str, Any]) -> None:
+        """A finished study cell as a child run of this (the study's) run: the cell's fields as params,
+        the numbers among the rest of its tidy row as metrics (lists, text and arrays left out)."""
         if self.off or not self.run_id:
             return
         child = MlflowTracker(self.uri, root=self)  # one warning per study, not one per cell
         child.open(key, {"aelab.kind": "cell"}, parent=self.run_id)
         if child.run_id:
             child.log_params(fields)
-            child.log_metrics(results)
+            child.log_metrics({k: v for k, v in row.items() if k not in fields})
             child._safe(child.client.set_terminated, child.run_id, "FINISHED")
 
     def finish(self, status: str = "FINISHED") -> None:

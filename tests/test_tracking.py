@@ -130,3 +130,31 @@ def test_default_uri_is_a_local_mlruns_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example.invalid:5000")
     assert tracking.resolve_uri("") == "http://example.invalid:5000"
     assert tracking.resolve_uri("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_a_study_logs_a_parent_run_with_a_child_run_per_cell(tmp_path):
+    from aelab.studies import run_study
+
+    uri = (tmp_path / "mlruns").as_uri()
+    path = run_study("features", overrides=["workers=1", f"out_dir={tmp_path}", "seeds=2", "min_steps=0",
+                                            "train.epochs=1", "train.device=cpu", "models=['dense']", "units=4",
+                                            "tracking=mlflow", f"tracking_uri={uri}"])
+    client = MlflowClient(uri)
+    study = only_run(client, **{"aelab.kind": "study"})
+    assert study.info.run_name == path.name and study.info.status == "FINISHED"
+    assert study.data.params["study"] == "features" and study.data.params["seeds"] == "2"
+    assert "tracking" not in study.data.params  # how cells run is not what the study computes
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert study.data.metrics == pytest.approx(tracking.numeric(metrics))
+    top = {a.path for a in client.list_artifacts(study.info.run_id)}
+    assert {"report.html", "metrics.json", "config.json"} <= top and "cells" not in top
+
+    stored = {p.stem: json.loads(p.read_text()) for p in (path / "cells").glob("*.json")}
+    exp = client.get_experiment_by_name(tracking.EXPERIMENT)
+    cells = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{study.info.run_id}'")
+    assert sorted(c.info.run_name for c in cells) == sorted(stored) and len(stored) == 2
+    for c in cells:
+        record = stored[c.info.run_name]
+        assert c.data.params == {k: str(v) for k, v in record["cell"].items()}
+        assert c.data.metrics == pytest.approx(tracking.numeric(record["result"]))
+        assert c.data.metrics  # each cell has numbers to show

@@ -39,6 +39,8 @@ class StudyConfig:
     # torch threads per cell on the CPU. Part of the result: oneDNN convolutions round differently with
     # another thread count (measured), so it is fixed per cell, not derived from the worker count.
     threads: int = 1
+    tracking: Literal["none", "mlflow"] = "none"  # mlflow: a parent run, a child run per cell (aelab.tracking)
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else ./mlruns
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

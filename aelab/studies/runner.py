@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .. import __version__, tracking
 from ..atomic import atomic_write_text
 from ..config import apply_overrides, from_dict, make_config, to_dict, _flatten
 from ..errors import AelabError, CheckpointError, ConfigError
@@ -84,6 +84,7 @@ def run_study(name: str, config_file: str | Path | None = None, overrides: list[
         cfg = study.preset(cfg)
         cfg.check()
     study.cells(cfg)  # a grid that cannot be built (a bad label count, a missing data set) fails before any folder
+    tracking.require(cfg.tracking)  # so does tracking=mlflow without MLflow
     folder = cfg.name or f"{name}-{cfg.data.name.replace(':', '-').replace('/', '_')}"
     path = claim_run_dir(Path(cfg.out_dir) / folder, force)
     atomic_write_text(path / "config.json", json.dumps({"study": name, **to_dict(cfg)}, indent=2))
@@ -159,6 +160,8 @@ def _execute(study: Study, cfg: StudyConfig, path: Path) -> Path:
     failed: dict[str, str] = {}
     todo = [c for c in grid if c.key not in rows]
     folder = None if isinstance(ex, RayExecutor) else str(path)  # Ray: the driver stores each cell
+    tracker = tracking.start(cfg.tracking, cfg.tracking_uri, path.name, {"study": study.study_name, **doc},
+                             tags={"aelab.kind": "study", "aelab.run_dir": str(path.resolve())}, folder=path)
     try:
         while True:
             ready = [c for c in todo if all(d in rows for d in needs[c.key])]
@@ -169,7 +172,10 @@ def _execute(study: Study, cfg: StudyConfig, path: Path) -> Path:
                 break
             for o in ex.wait():
                 _finish(o, grid, store, rows, failed, progress, study.headline)
+                if o.ok:  # a child run of the study's MLflow run
+                    tracker.log_cell(o.key, next(c for c in grid if c.key == o.key).record(), o.row)
     except KeyboardInterrupt:
+        tracker.finish("KILLED")
         ex.close(cancel=True)
         raise StudyInterrupted(f"interrupted: {len(rows)} of {len(grid)} cells are stored; "
                                f"continue with `aelab study --resume {path}`") from None
@@ -178,10 +184,11 @@ def _execute(study: Study, cfg: StudyConfig, path: Path) -> Path:
     _log_session(path, started, t0, workers, cfg.executor)
     blocked = [c.key for c in todo]
     if failed or blocked:
+        tracker.finish("FAILED")
         shown = [f"{k} ({v})" for k, v in failed.items()] + [f"{k} (needs a failed cell)" for k in blocked]
         raise StudyFailed(f"{len(shown)} of {len(grid)} cells did not finish: {'; '.join(shown)}. The other "
                           f"cells are stored; retry with `aelab study --resume {path}`")
-    return _summarize(study, cfg, path, Results([rows[k] for k in keys]), len(grid))
+    return _summarize(study, cfg, path, Results([rows[k] for k in keys]), len(grid), tracker)
 
 
 def _finish(o: Outcome, grid, store: CellStore, rows, failed, progress, headline: str) -> None:
@@ -214,7 +221,8 @@ def _executor(cfg: StudyConfig, todo: int):
     return PoolExecutor(workers, cfg.threads, devices), workers
 
 
-def _summarize(study: Study, cfg: StudyConfig, path: Path, results: Results, cells: int) -> Path:
+def _summarize(study: Study, cfg: StudyConfig, path: Path, results: Results, cells: int,
+               tracker: tracking.Tracker) -> Path:
     metrics = study.summarize(cfg, results, path)
     session = json.loads((path / "study.json").read_text())
     metrics["meta"] = {"study": study.study_name, "seed": cfg.seed, "seeds": cfg.seeds, "cells": cells,
@@ -222,6 +230,9 @@ def _summarize(study: Study, cfg: StudyConfig, path: Path, results: Results, cel
                        "torch": torch.__version__, "finished": True}
     atomic_write_text(path / "metrics.json", json.dumps(metrics, indent=2, default=float))
     write_report(path)
+    tracker.log_metrics(metrics)
+    tracker.log_artifacts(path, ("report.html", "metrics.json", "config.json", "study.json", "figures"))
+    tracker.finish()
     return path
 
 
