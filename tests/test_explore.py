@@ -186,7 +186,8 @@ def test_every_registered_model_explores(name):
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(runs, tmp_path):
-    nofolder = subprocess.run(AELAB + ["explore", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=120)
+    nofolder = subprocess.run(AELAB + ["explore", str(tmp_path / "nothing")], capture_output=True, text=True,
+                              timeout=120)
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     (unfinished / "config.json").write_text((runs["conv"] / "config.json").read_text())

@@ -74,7 +74,8 @@ def check(out: dict) -> None:
     assert all(r.startswith(origin) or r.startswith("data:") for r in out["resources"]), out["resources"]
 
     # hover: the tooltip loaded test image i, pixel for pixel
-    np.testing.assert_array_equal(out["hover"].reshape(space.images[out["hover_i"]].shape), space.images[out["hover_i"]])
+    shown = space.images[out["hover_i"]]
+    np.testing.assert_array_equal(out["hover"].reshape(shown.shape), shown)
 
     # morph: `steps` images per path, from A's decoded code to B's
     paths = list(space.morph(a, b, steps))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+from html import escape
 
 import numpy as np
 from bokeh.document import Document
@@ -19,7 +20,7 @@ from bokeh.plotting import figure
 from bokeh.transform import factor_cmap
 from PIL import Image
 
-from .space import Space
+from .space import MAX_SLIDERS, Space
 
 SHOWN = 84  # CSS px of an image's longer side (a morph step: 2/3 of it); 28x28 -> x3, 8x8 -> x10
 VIEWS = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
@@ -109,7 +110,7 @@ class Explorer:
     # -- the chosen point, its edit, the morph strip
     def controls(self):
         s = self.s
-        label = "dim" if s.basis.shape[0] == s.codes.shape[1] and np.allclose(s.basis, np.eye(len(s.basis))) else "PC"
+        label = "dim" if s.codes.shape[1] <= MAX_SLIDERS else "PC"  # code dimensions, or principal directions
         self.sliders = [Slider(start=-3, end=3, value=0, step=0.1, title=f"{label} {k + 1} (× std)",
                                name=f"slider{k}", width=250) for k in range(len(s.basis))]
         for sl in self.sliders:
@@ -142,7 +143,7 @@ class Explorer:
     def show_chosen(self) -> None:
         s, i = self.s, self.chosen
         recon = s.decode(s.codes[i:i + 1])[0]
-        self.chosen_div.text = (f'<div data-index="{i}"><b>#{i} {s.class_name(int(s.labels[i]))}</b><br>'
+        self.chosen_div.text = (f'<div data-index="{i}"><b>#{i} {escape(s.class_name(int(s.labels[i])))}</b><br>'
                                 f'{img_tag(s.images[i], "original", index=i)}{img_tag(recon, "recon", index=i)}'
                                 f'<br><small>test image · its reconstruction</small></div>')
         self.show_edited()
@@ -175,12 +176,12 @@ def make_document(doc: Document, space: Space, title: str) -> None:
     """Fill one session's document (Bokeh calls this for every browser tab that opens the page)."""
     ex = Explorer(space, title)
     doc.title = f"aelab explore · {title}"
-    head = (f"<h3 style='margin:4px 0'>{title}</h3><small>{len(space.codes)} test images · hover: the image · "
-            "tap: choose a point (sliders and attributes act on it; the strip morphs from the point chosen "
+    head = (f"<h3 style='margin:4px 0'>{escape(title)}</h3><small>{len(space.codes)} test images · "
+            "hover: the image · tap: choose a point (sliders and attributes act on it; the strip morphs from the point chosen "
             "before)</small>")
     parts = [Div(text=head, name="head", width=1200)]
     if space.note:
-        parts.append(Div(text=f"<b>note:</b> {space.note}", name="note", width=1200))
+        parts.append(Div(text=f"<b>note:</b> {escape(space.note)}", name="note", width=1200))
     left = [ex.map_figure()]
     if len(space.maps) > 1:
         view = Select(title="map", value=ex.view, options=list(space.maps), name="view", width=150)
