@@ -28,7 +28,7 @@ from . import __version__
 from .atomic import atomic_write, atomic_write_text
 from .errors import AelabError, ConfigError
 
-OPSET = 18  # the exporter's default opset in torch 2.13; onnxruntime >= 1.15 runs it
+OPSET = 18  # the opset torch 2.13's ONNX functions are written in (no conversion step); onnxruntime >= 1.14 runs it
 
 
 class ExportError(AelabError):
