@@ -177,8 +177,8 @@ def make_document(doc: Document, space: Space, title: str) -> None:
     ex = Explorer(space, title)
     doc.title = f"aelab explore · {title}"
     head = (f"<h3 style='margin:4px 0'>{escape(title)}</h3><small>{len(space.codes)} test images · "
-            "hover: the image · tap: choose a point (sliders and attributes act on it; the strip morphs from the point chosen "
-            "before)</small>")
+            "hover: the image · tap: choose a point (sliders and attributes act on it; the strip morphs from "
+            "the point chosen before)</small>")
     parts = [Div(text=head, name="head", width=1200)]
     if space.note:
         parts.append(Div(text=f"<b>note:</b> {escape(space.note)}", name="note", width=1200))
