@@ -63,7 +63,8 @@ def session(run: Path, screenshot: str | None = None) -> dict:
         out["slider"] = page.value("slider0")
         page.wait("return deep(document, 'img[data-role=edited]').some(e => e.src != arguments[0]);", 20, before)
         out["edited_after"] = browser.decode_png(page.images("edited")[0]["src"])
-        if screenshot:
+        if screenshot:  # with the hover tooltip showing, as a person would see it
+            page.hover(hover_i)
             out["screenshot"] = page.screenshot(screenshot)
     return out
 

@@ -14,7 +14,7 @@ from html import escape
 import numpy as np
 from bokeh.document import Document
 from bokeh.layouts import column, row
-from bokeh.models import Button, ColumnDataSource, Div, HoverTool, Select, Slider
+from bokeh.models import Button, ColumnDataSource, Div, HoverTool, Legend, LegendItem, Select, Slider
 from bokeh.palettes import Category10_10, Turbo256
 from bokeh.plotting import figure
 from bokeh.transform import factor_cmap
@@ -72,12 +72,13 @@ class Explorer:
         p = figure(name="map", width=700, height=600, tools="pan,wheel_zoom,box_zoom,reset,tap",
                    active_scroll="wheel_zoom", title=f"test codes, {VIEWS[self.view]}")
         r = p.scatter("x", "y", source=self.source, size=5, alpha=0.7, nonselection_alpha=0.7,
-                      color=factor_cmap("label", palette(len(factors)), factors), legend_field="label")
+                      color=factor_cmap("label", palette(len(factors)), factors))
         style = size_style(*s.images.shape[2:])
         tip = f'<div><img data-role="hover" src="img/@index.png" style="{style}"><div>@label (#@index)</div></div>'
         p.add_tools(HoverTool(renderers=[r], tooltips=tip))
-        p.legend.label_text_font_size = "8pt"
-        p.add_layout(p.legend[0], "right")  # beside the map, not over its points
+        first = {name: names.index(name) for name in factors}  # a legend entry in class order, not data order
+        items = [LegendItem(label=f, renderers=[r], index=first[f]) for f in factors]
+        p.add_layout(Legend(items=items, label_text_font_size="8pt"), "right")  # beside the map, not over it
         self.marks = ColumnDataSource({"x": [], "y": [], "text": []})
         p.scatter("x", "y", source=self.marks, size=16, fill_alpha=0, line_color="black", line_width=2)
         p.text("x", "y", text="text", source=self.marks, x_offset=8, y_offset=-8, text_font_style="bold")
@@ -112,28 +113,30 @@ class Explorer:
         s = self.s
         label = "dim" if s.codes.shape[1] <= MAX_SLIDERS else "PC"  # code dimensions, or principal directions
         self.sliders = [Slider(start=-3, end=3, value=0, step=0.1, title=f"{label} {k + 1} (× std)",
-                               name=f"slider{k}", width=250) for k in range(len(s.basis))]
+                               name=f"slider{k}", width=170) for k in range(len(s.basis))]
         for sl in self.sliders:
             sl.on_change("value", self.on_edit)
         reset = Button(label="reset sliders", name="reset", width=120)
         reset.on_click(self.on_reset)
         self.label_of = {s.class_name(y): y for y in sorted(set(int(y) for y in s.labels))}
         classes = list(self.label_of)
-        self.attr_kind = Select(title="attribute", value="ink", options=list(ATTRIBUTES.items()), name="attr_kind")
+        self.attr_kind = Select(title="attribute", value="ink", options=list(ATTRIBUTES.items()), name="attr_kind",
+                                width=250)
         self.class_a = Select(title="class A", value=classes[0], options=classes, name="class_a", width=120)
         self.class_b = Select(title="class B", value=classes[min(1, len(classes) - 1)], options=classes,
                               name="class_b", width=120)
-        self.strength = Slider(start=-3, end=3, value=0, step=0.05, title="attribute strength", name="strength")
-        self.steps = Slider(start=3, end=16, value=10, step=1, title="morph steps", name="steps")
+        self.strength = Slider(start=-3, end=3, value=0, step=0.05, title="attribute strength", name="strength",
+                               width=250)
+        self.steps = Slider(start=3, end=16, value=10, step=1, title="morph steps", name="steps", width=250)
         for w in (self.attr_kind, self.class_a, self.class_b, self.strength):
             w.on_change("value", self.on_edit)
         self.steps.on_change("value", lambda a, o, n: self.show_morph())
         self.chosen_div, self.edited_div = Div(name="chosen"), Div(name="edited")
         self.morph_div = Div(name="morph", text="<i>tap two points: the strip morphs from the first to the second</i>")
         self.show_chosen()
-        sliders = column(*[row(*self.sliders[i:i + 2]) for i in range(0, len(self.sliders), 2)])
-        attrs = column(self.attr_kind, row(self.class_a, self.class_b), self.strength)
-        return column(row(self.chosen_div, self.edited_div), sliders, reset, attrs, self.steps, self.morph_div)
+        sliders = column(*[row(*self.sliders[i:i + 3]) for i in range(0, len(self.sliders), 3)])
+        attrs = column(row(self.attr_kind, self.class_a, self.class_b), row(self.strength, self.steps))
+        return column(row(self.chosen_div, self.edited_div), sliders, reset, attrs, self.morph_div)
 
     def vector(self) -> np.ndarray:
         if self.attr_kind.value == "ink":

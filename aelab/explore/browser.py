@@ -33,7 +33,7 @@ DRIVERS = ("chromedriver", "/usr/lib/chromium/chromedriver")
 # Flags for a closed network: without the background ones Chromium keeps trying to reach Google.
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1500,1000")
+         "--disable-dev-shm-usage", "--window-size=1400,1200")
 
 # JavaScript helpers, defined on each call: the view of a named Bokeh model; a search through shadow roots.
 JS = """
@@ -204,12 +204,15 @@ class Page:
     def value(self, name: str) -> float:
         return float(self.js("return model(arguments[0]).value;", name))
 
-    def screenshot(self, path: str | Path, width: int = 1300, height: int = 900) -> Path:
-        """The page as a PNG at `path` (palette-quantised so a README copy stays small)."""
+    def screenshot(self, path: str | Path) -> Path:
+        """The page's content as a PNG at `path` (palette-quantised so a README copy stays small)."""
         from PIL import Image
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        shot = Image.open(io.BytesIO(self.d.get_screenshot_as_png())).convert("RGB").crop((0, 0, width, height))
+        w, h = self.js("const r = document.querySelector('[data-root-id]').firstElementChild"
+                       ".getBoundingClientRect(); return [Math.ceil(r.right) + 8, Math.ceil(r.bottom) + 8];")
+        shot = Image.open(io.BytesIO(self.d.get_screenshot_as_png())).convert("RGB")
+        shot = shot.crop((0, 0, min(w, shot.width), min(h, shot.height)))
         shot.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
         return path
