@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..engine import TrainingInterrupted
 from ..errors import AelabError, ConfigError
 
 _WORKER: dict[str, Any] = {}  # this process's device (a worker's slot) and its rebuilt studies
@@ -75,6 +76,8 @@ def run_cell_task(study_name: str, cfg_doc: dict, key: str, deps: dict, folder: 
     meta = {"host": socket.gethostname(), "pid": os.getpid(), "device": _WORKER.get("device") or "auto"}
     try:
         result, seconds = compute_cell(study_name, cfg_doc, key, deps, _WORKER.get("device"))
+    except TrainingInterrupted:  # Ctrl-C / SIGTERM: the study stops; this cell is simply not stored
+        raise
     except Exception as e:  # noqa: BLE001  one cell's failure is recorded; the others go on
         if os.environ.get("AELAB_DEBUG"):
             traceback.print_exc()

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .. import __version__, tracking
 from ..atomic import atomic_write_text
 from ..config import apply_overrides, from_dict, make_config, to_dict, _flatten
+from ..engine import TrainingInterrupted
 from ..errors import AelabError, CheckpointError, ConfigError
 from ..report import write_report
 from ..runs import claim_run_dir, git_commit
@@ -174,7 +175,7 @@ def _execute(study: Study, cfg: StudyConfig, path: Path) -> Path:
                 _finish(o, grid, store, rows, failed, progress, study.headline)
                 if o.ok:  # a child run of the study's MLflow run
                     tracker.log_cell(o.key, next(c for c in grid if c.key == o.key).record(), o.row)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TrainingInterrupted):
         tracker.finish("KILLED")
         ex.close(cancel=True)
         raise StudyInterrupted(f"interrupted: {len(rows)} of {len(grid)} cells are stored; "
