@@ -35,6 +35,8 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--window-size=1400,1200")
 
+MOVE_MS = 250  # each pointer move's duration (Selenium's default; 50 ms moves made taps miss in headless Chromium)
+
 # JavaScript helpers, defined on each call: the view of a named Bokeh model; a search through shadow roots.
 JS = """
 const model = (name) => Bokeh.documents[0].get_model_by_name(name);
@@ -157,7 +159,7 @@ class Page:
         from selenium.webdriver.common.actions.action_builder import ActionBuilder
 
         x, y = (int(round(v)) for v in self.point(i))
-        actions = ActionBuilder(self.d)
+        actions = ActionBuilder(self.d, duration=MOVE_MS)
         actions.pointer_action.move_to_location(x - 3, y)  # arrive with a move, as a hand does
         actions.pointer_action.move_to_location(x, y)
         if click:
@@ -198,8 +200,8 @@ class Page:
         from selenium.webdriver.common.action_chains import ActionChains
 
         handle = self.js("return view(arguments[0]).shadow_el.querySelector('.noUi-handle');", name)
-        ActionChains(self.d).click_and_hold(handle).move_by_offset(dx // 2, 0).move_by_offset(dx - dx // 2, 0) \
-            .release().perform()
+        chain = ActionChains(self.d, duration=MOVE_MS).click_and_hold(handle)
+        chain.move_by_offset(dx // 2, 0).move_by_offset(dx - dx // 2, 0).release().perform()
 
     def value(self, name: str) -> float:
         return float(self.js("return model(arguments[0]).value;", name))
