@@ -206,8 +206,9 @@ def test_cli_bad_input_is_one_line_and_exit_2(runs, tmp_path):
 
 
 def test_serves_offline_and_ctrl_c_stops_it_cleanly(runs):
+    ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731  as `aelab explore ... &` does
     proc = subprocess.Popen(AELAB + ["explore", str(runs["conv"]), "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
     try:
         url = None
         for line in proc.stdout:  # the URL line comes once the server listens

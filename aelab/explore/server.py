@@ -6,6 +6,7 @@ works offline. `serve` blocks until Ctrl-C, then stops the server and returns.
 from __future__ import annotations
 
 import errno
+import signal
 import socket
 from functools import partial
 from typing import Callable
@@ -64,6 +65,9 @@ def make_server(space: Space, title: str, port: int) -> Server:
 def serve(space: Space, title: str, port: int, echo: Callable[[str], None] = print) -> None:
     """Run the explorer until Ctrl-C."""
     server = make_server(space, title, port)
+    # Python keeps SIGINT ignored when its parent ignored it (a shell's `cmd &`, some test runners):
+    # the server would then never stop on Ctrl-C. It is the one way to stop it, so take it back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     echo(f"aelab explore: http://{HOST}:{server.port}/  (Ctrl-C stops it)")
     try:
         server.io_loop.start()
