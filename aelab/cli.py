@@ -113,6 +113,60 @@ def study(args: tuple[str, ...], list_: bool, force: bool) -> None:
     click.echo(f"study: {path}\nreport: {path / 'report.html'}")
 
 
+def _options(args: tuple[str, ...], allowed: dict[str, type]) -> dict:
+    """`key=value` arguments -> {key: value}, each key known and its value of the allowed type."""
+    from .errors import ConfigError
+
+    out = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in allowed:
+            raise ConfigError(f"unknown argument {arg!r}; give key=value with key one of: {', '.join(allowed)}")
+        try:
+            out[key] = allowed[key](value)
+        except ValueError:
+            raise ConfigError(f"{key}={value!r}: expected {allowed[key].__name__}") from None
+    return out
+
+
+@cli.command(name="index")
+@click.argument("run_dir", type=click.Path())
+@click.argument("args", nargs=-1)
+def index_(run_dir: str, args: tuple[str, ...]) -> None:
+    """Index a hashing run's codes of a data set: aelab index RUN data=NAME [out=FOLDER] [data_dir=DIR]."""
+    from .errors import ConfigError
+    from .index import build_index
+
+    opts = _options(args, {"data": str, "out": str, "data_dir": str})
+    if "data" not in opts:
+        raise ConfigError("give the data set to index: aelab index RUN data=fashion-mnist")
+    path = build_index(run_dir, opts["data"], opts.get("out"), opts.get("data_dir"))
+    meta = json.loads((path / "index.json").read_text())
+    click.echo(f"index: {path}  ({meta['rows']} codes of {meta['bits']} bits, {meta['model']} on {meta['data']})")
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path())
+@click.argument("source", type=click.Path())
+@click.argument("args", nargs=-1)
+def query(index_dir: str, source: str, args: tuple[str, ...]) -> None:
+    """Nearest indexed images of a query: aelab query INDEX IMAGE|NPZ [k=10] [radius=R] [out=FIG.png]."""
+    from .index import hits_figure, query_index, within_radius
+
+    opts = _options(args, {"k": int, "radius": int, "out": str})
+    hits = query_index(index_dir, source, opts.get("k", 10))
+    classes = hits.meta.get("classes") or []
+    for i in range(len(hits.rows)):
+        click.echo(f"query {i}:")
+        for rank, (row, d, y) in enumerate(zip(hits.rows[i], hits.distances[i], hits.labels[i]), 1):
+            name = classes[y] if 0 <= y < len(classes) else str(y)
+            click.echo(f"  {rank:3d}. row {row:7d}  distance {d:3d}  {name}")
+    if "radius" in opts:
+        for i, rows in enumerate(within_radius(index_dir, hits.bits, opts["radius"])):
+            click.echo(f"query {i}: {len(rows)} indexed codes within Hamming radius {opts['radius']}")
+    click.echo(f"figure: {hits_figure(hits, opts.get('out') or Path(index_dir) / 'query.png')}")
+
+
 @cli.command()
 def models() -> None:
     """List every registered model with its config fields and defaults."""
