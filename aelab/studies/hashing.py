@@ -1,124 +1,178 @@
-"""Semantic hashing: an autoencoder's noisy logistic codes as binary hashes, against LSH, PCA-ITQ and a CNN.
+"""Semantic hashing: binary codes from autoencoders against LSH, PCA-ITQ and a CNN, at 16, 32 and 64 bits.
 
-The `semhash` model (Salakhutdinov & Hinton 2009) is trained on the training set; its codes, rounded
-to bits, are the index, and the test images are the queries, ranked by Hamming distance
-(`aelab.retrieval`: packed bits, popcount, expected metrics under random tie order). Baselines at the
-same bit count, fitted in the same run on the same seed: random-projection LSH and PCA-ITQ on the
-pixels, and the rounded logistic penultimate layer of a CNN classifier (Guo & Li 2015; it uses the
-labels, the others do not). `tune=true` picks the noise std and layer sizes by mAP on a split of the
-training set before the seeds run.
+AE methods (`aelab.models`): `semhash` (the seed's noisy logistic, Salakhutdinov & Hinton 2009: the
+reference arm), `hash-ste` (straight-through bits with balance and decorrelation terms), `hash-bihalf`
+(the bi-half layer, Li & van Gemert 2021) and `hash-sgh` (stochastic bits, Dai et al. 2017). Each AE
+also gives a second code, `<method>+rot`: its code inputs rotated by ITQ's alternation (the rotation
+and centring fold into the encoder's last linear layer), fitted on the training codes.
+Baselines fitted in the same run on the same seed: random-projection LSH and PCA-ITQ on the pixels, and
+the rounded logistic penultimate layer of a CNN classifier (Guo & Li 2015; it uses the labels: its own
+league).
 
-    aelab study hashing data=fashion-mnist            # ~10-15 min on 2 idle CPU cores (estimate)
-    aelab study hashing data=fashion-mnist bits=64 tune=true
+Choices read the validation split only: each method's setting (grid below) is picked by mAP of the
+validation images against the rest of the training set at `tune_bits`; the best AE code is picked by
+the same validation mAP; the test set only reports. Two protocols, both with expected (tie-fair)
+metrics (`aelab.retrieval`): `test` (every test image queries the whole training set) and `lit` (the
+literature's: 100 test images per class query the other 69,000 images), each with mAP over the whole
+ranking, mAP@1000, precision@k, Gini impurity of the radius-0 and radius-2 balls and bucket counts.
+
+    aelab study hashing data=fashion-mnist        # 5 seeds; time in README (hashing)
+    aelab study hashing data=fashion-mnist quick=true
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import stats
 from ..config import TrainConfig
 from ..data import load_dataset
 from ..data.device import DeviceData, pick_device, to_device
-from ..engine import encode_all
 from ..errors import ConfigError
-from ..models import build_model
-from ..models.hashing import SemHashConfig
-from ..report import plots
-from ..retrieval import evaluate_hash, nearest
+from ..models import build_model, get_model_class
+from ..retrieval import evaluate_hash, literature_queries
 from .base import StudyConfig, each_seed, note, register_study, train_seeds
 from .hashing_baselines import ITQ, LSH
 from .hashing_classifier import apply_batched, images, train_classifier
+from .hashing_report import metrics, neighbours_page
 
-METHODS = ("ae", "itq", "lsh", "cnn")
+AE_METHODS = ("semhash", "hash-ste", "hash-bihalf", "hash-sgh")
 
 
 @dataclass
 class HashingConfig(StudyConfig):
-    bits: int = 32  # code length of every method (16, 32, 64 ...)
-    hidden: tuple[int, ...] = (512, 256)  # the AE's two hidden layers below the code
-    # std of the noise on the code layer's inputs while training; 32: Fashion-MNIST's validation mAP
-    # rose with it up to 32 and was flat from 32 to 64 (README, hashing)
-    noise_std: float = 32.0
+    bits: tuple[int, ...] = (16, 32, 64)  # code lengths; every method at each
+    methods: tuple[str, ...] = AE_METHODS  # the AE methods (registered hashing models)
+    # at bit counts other than tune_bits, train only the AE method chosen on validation (CPU budget)
+    all_methods_all_bits: bool = False
+    tune_bits: int = 32  # where settings and the best AE method are chosen (validation split)
+    hidden: tuple[int, ...] = (512, 256)  # every AE's hidden layers below the code
+    # each method's grid; chosen by validation mAP. GPU exploration (README, hashing) put the
+    # useful ranges here: bi-half's pull 50-100, STE's terms 10-100, SGH's balance 0-100
+    tune_noise: tuple[float, ...] = (16.0, 32.0)  # semhash: noise std
+    tune_ste: tuple[float, ...] = (10.0, 100.0)  # hash-ste: balance = decorrelate weight
+    tune_gamma: tuple[float, ...] = (50.0, 100.0)  # hash-bihalf: pull
+    tune_sgh: tuple[float, ...] = (0.0, 100.0)  # hash-sgh: balance weight
+    val_fraction: float = 0.1  # training images held out as validation queries
     k: int = 100  # precision@k
     radius: int = 2  # Hamming ball for the lookup statistics
+    map_at: int = 1000  # mAP@R's R
+    per_class: int = 100  # queries per class of the literature protocol
     cnn_epochs: int = 3  # the CNN-hash baseline's training epochs
-    tune: bool = False  # choose noise_std, hidden by mAP on a split of the training set (train.epochs // 3 each)
-    tune_noise: tuple[float, ...] = (8.0, 16.0, 32.0)
-    tune_hidden: tuple[tuple[int, ...], ...] = ((512, 256), (256, 128))
-    tune_fraction: float = 0.2  # the training images held out as queries while tuning
+    cnn_bits: tuple[int, ...] = (32,)  # bit counts with the CNN baseline (3 CPU-minutes a seed each)
     show_queries: int = 8  # rows of the neighbours page
     neighbours: int = 10  # neighbours shown per query
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, progress="off"))
+    # short training: validation mAP peaked after 2-4 epochs and fell with more (README, hashing)
+    seeds: int = 5  # paired seeds: the AE-ITQ differences need more than 3 for a 95% interval clear of 0
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, batch_size=512, progress="off"))
 
     def check(self) -> None:
         super().check()
-        if not 1 <= self.bits <= 255:
-            raise ConfigError("bits must be in [1, 255]")
-        if self.k <= 0 or self.radius < 0 or self.cnn_epochs <= 0:
-            raise ConfigError("k and cnn_epochs must be > 0 and radius >= 0")
-        if self.noise_std < 0 or any(s < 0 for s in self.tune_noise):
-            raise ConfigError("noise_std and tune_noise must be >= 0")
-        if not self.tune_noise or not self.tune_hidden or not 0 < self.tune_fraction < 1:
-            raise ConfigError("tune_noise and tune_hidden must be non-empty, tune_fraction in (0, 1)")
+        if not self.bits or any(not 1 <= b <= 255 for b in self.bits) or self.tune_bits not in self.bits:
+            raise ConfigError("bits must be in [1, 255], and tune_bits one of them")
+        unknown = [m for m in self.methods if m not in AE_METHODS]
+        if not self.methods or unknown:
+            raise ConfigError(f"methods must be some of {', '.join(AE_METHODS)}; got {list(self.methods)}")
+        if self.k <= 0 or self.radius < 0 or self.cnn_epochs <= 0 or self.map_at <= 0 or self.per_class <= 0:
+            raise ConfigError("k, map_at, per_class and cnn_epochs must be > 0 and radius >= 0")
+        grids = (self.tune_noise, self.tune_ste, self.tune_gamma, self.tune_sgh)
+        if any(not g or min(g) < 0 for g in grids) or not 0 < self.val_fraction < 1:
+            raise ConfigError("the tune_* grids must be non-empty and >= 0, val_fraction in (0, 1)")
 
 
-def build_ae(shape, cfg: HashingConfig, hidden, noise: float):
-    return build_model(SemHashConfig(name="semhash", latent_dim=cfg.bits, hidden=tuple(hidden), noise_std=noise), shape)
+def settings(cfg: HashingConfig, method: str) -> list[dict]:
+    """The method's candidate model fields, from its grid."""
+    key, grid = {"semhash": (("noise_std",), cfg.tune_noise), "hash-ste": (("balance", "decorrelate"), cfg.tune_ste),
+                 "hash-bihalf": (("gamma",), cfg.tune_gamma), "hash-sgh": (("balance",), cfg.tune_sgh)}[method]
+    return [{k: v for k in key} for v in grid]
+
+
+def build_ae(shape, cfg: HashingConfig, method: str, bits: int, setting: dict):
+    mcfg = get_model_class(method).Config(name=method, latent_dim=bits, hidden=tuple(cfg.hidden), **setting)
+    return build_model(mcfg, shape)
+
+
+def code_inputs(model, data: DeviceData) -> np.ndarray:
+    """The code units' inputs (N, bits) for every image: bit = input > 0."""
+    model.eval()
+    return apply_batched(model.code_inputs, images(data)).numpy()
+
+
+def ae_codes(model, fit_part: DeviceData, others: list[DeviceData], bits: int, seed: int) -> dict:
+    """{method: [bits of fit_part, bits of each other split]} for the AE's own bits and the ITQ-rotated
+    code inputs (rotation fitted on fit_part's codes only)."""
+    a = [code_inputs(model, d) for d in [fit_part, *others]]
+    rot = ITQ(bits, seed=seed).fit(a[0])
+    return {"": [x > 0 for x in a], "+rot": [rot.transform(x) for x in a]}
+
+
+def saturation(model, data: DeviceData) -> float:
+    """Share of code units within 0.1 of 0 or 1 after the logistic (|a| > logit(0.9)): how cleanly
+    the method made them bits before rounding."""
+    return float((np.abs(code_inputs(model, data)) > np.log(9.0)).mean())
 
 
 def flat(data: DeviceData) -> np.ndarray:
     return images(data).flatten(1).cpu().numpy()
 
 
-def tune(train: DeviceData, shape, cfg: HashingConfig, epochs: int) -> dict:
-    """(noise_std, hidden) with the best mAP: fit on part of the training set, query with the rest."""
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).to(train.device)
-    n_q = max(1, int(cfg.tune_fraction * len(train)))
-    fit_part, held = train.subset(perm[n_q:]), train.subset(perm[:n_q])
-    scores = {}
-    for hidden in cfg.tune_hidden:
-        for noise in cfg.tune_noise:
-            build = lambda: build_ae(shape, cfg, hidden, noise)  # noqa: E731
-            model = train_seeds(cfg, build, fit_part, replace(cfg.train, epochs=epochs), [cfg.seed])[0]
-            res = evaluate_hash(encode_all(model, held).numpy() > 0.5, held.y.cpu().numpy(),
-                                encode_all(model, fit_part).numpy() > 0.5, fit_part.y.cpu().numpy(), cfg.k)
-            scores[f"noise={noise} hidden={list(hidden)}"] = (res["map"], noise, tuple(hidden))
-    best = max(scores.values())
-    return {"noise_std": best[1], "hidden": list(best[2]), "val_map": {k: v[0] for k, v in scores.items()}}
+def pixel_codes(fit_part: DeviceData, others: list[DeviceData], bits: int, seed: int) -> dict:
+    """PCA-ITQ and LSH bits of the pixels, fitted on fit_part."""
+    x = [flat(d) for d in [fit_part, *others]]
+    itq, lsh = ITQ(bits, seed=seed).fit(x[0]), LSH(bits, seed=seed).fit(x[0])
+    return {"itq": [itq.transform(v) for v in x], "lsh": [lsh.transform(v) for v in x]}
 
 
-def hashes(splits, shape, num_classes: int, cfg: HashingConfig, seed: int, ae):
-    """{method: (train bits (N, bits), test bits (M, bits))} for one seed (its trained AE given), plus
-    the AE's saturation."""
-    tr, te = splits.train, splits.test
-    z_te = encode_all(ae, te).numpy()
-    out = {"ae": (encode_all(ae, tr).numpy() > 0.5, z_te > 0.5)}
-    x_tr, x_te = flat(tr), flat(te)
-    itq = ITQ(cfg.bits, seed=seed).fit(x_tr)
-    out["itq"] = (itq.transform(x_tr), itq.transform(x_te))
-    lsh = LSH(cfg.bits, seed=seed).fit(x_tr)
-    out["lsh"] = (lsh.transform(x_tr), lsh.transform(x_te))
-    cnn = train_classifier(tr, shape, num_classes, cfg.train, cfg.cnn_epochs, seed, cfg.bits, "sigmoid")
-    out["cnn"] = tuple(apply_batched(cnn.features, images(d)).numpy() > 0.5 for d in (tr, te))
-    # fraction of test code units within 0.1 of 0 or 1: how cleanly the noise made them bits
-    saturation = float((np.minimum(z_te, 1 - z_te) < 0.1).mean())
-    return out, saturation
+def tune(cfg: HashingConfig, shape, split) -> dict:
+    """Validation mAP of every (code, setting) at tune_bits; per method the setting of its best code
+    (own bits or rotated), and the best AE code overall."""
+    y_fit, y_val = split.train.y.cpu().numpy(), split.val.y.cpu().numpy()
+
+    def val_map(fit_bits, val_bits) -> float:
+        return evaluate_hash(val_bits, y_val, fit_bits, y_fit, cfg.k, cfg.radius, cfg.map_at)["map"]
+
+    scores = {m: val_map(*b) for m, b in pixel_codes(split.train, [split.val], cfg.tune_bits, cfg.seed).items()}
+    best: dict[str, tuple[float, str, dict]] = {}  # method -> (val mAP, code, setting)
+    for method in cfg.methods:
+        for setting in settings(cfg, method):
+            build = lambda: build_ae(shape, cfg, method, cfg.tune_bits, setting)  # noqa: E731
+            model = train_seeds(cfg, build, split.train, cfg.train, [cfg.seed])[0]
+            for suffix, b in ae_codes(model, split.train, [split.val], cfg.tune_bits, cfg.seed).items():
+                scores[f"{method}{suffix} {setting}"] = v = val_map(*b)
+                if v > best.get(method, (-1.0,))[0]:
+                    best[method] = (v, method + suffix, setting)
+            note(f"hashing: tuned {method} {setting}")
+    top = max(best.values(), key=lambda t: t[0])  # the best AE code by validation mAP
+    return {"val_map": scores, "setting": {m: s for m, (_, _, s) in best.items()},
+            "best_code": {m: c for m, (_, c, _) in best.items()}, "best_ae": top[1], "best_ae_val_map": top[0]}
 
 
-def neighbours_page(codes: dict, x_tr: torch.Tensor, x_te: torch.Tensor, cfg: HashingConfig, figs: Path) -> None:
-    """Per method: each row a test query, then its nearest index images by Hamming distance."""
-    q = min(cfg.show_queries, len(x_te))
-    for m, (tr_bits, te_bits) in codes.items():
-        idx = nearest(te_bits[:q], tr_bits, cfg.neighbours)  # (q, n)
-        rows = [torch.cat([x_te[i:i + 1], x_tr[torch.as_tensor(idx[i])]]) for i in range(q)]
-        grid = torch.cat(rows).cpu().numpy()
-        title = f"{m}: query, then its {idx.shape[1]} nearest training images ({cfg.bits} bits)"
-        plots.save(plots.image_grid(grid, nrow=idx.shape[1] + 1, title=title), figs / f"neighbours_{m}.png")
+def seed_codes(cfg, shape, ncls, base, lit, bits: int, seed: int, methods, aes) -> dict:
+    """{code name: (index bits, query bits)} for both protocols: test (train index, test queries) and
+    lit (train + test minus the queries as index, the 100-per-class test queries)."""
+    tr, te = base.train, base.test
+    rest, q = te.subset(lit["rest"]), te.subset(lit["queries"])
+    out = {}
+    for m, model in zip(methods, aes):
+        for suffix, (b_tr, b_te, b_rest, b_q) in ae_codes(model, tr, [te, rest, q], bits, seed).items():
+            out[m + suffix] = (b_tr, b_te, b_rest, b_q)
+    out.update({m: tuple(v) for m, v in pixel_codes(tr, [te, rest, q], bits, seed).items()})
+    if bits in cfg.cnn_bits:
+        cnn = train_classifier(tr, shape, ncls, cfg.train, cfg.cnn_epochs, seed, bits, "sigmoid")
+        out["cnn"] = tuple(apply_batched(cnn.features, images(d)).numpy() > 0.5 for d in (tr, te, rest, q))
+    return out
+
+
+def measure(cfg, codes: dict, y: dict) -> dict:
+    """{code name: {"test": metrics, "lit": metrics}} for one seed."""
+    res = {}
+    for m, (b_tr, b_te, b_rest, b_q) in codes.items():
+        res[m] = {"test": evaluate_hash(b_te, y["test"], b_tr, y["train"], cfg.k, cfg.radius, cfg.map_at),
+                  "lit": evaluate_hash(b_q, y["q"], np.concatenate([b_tr, b_rest]), y["lit_db"],
+                                       cfg.k, cfg.radius, cfg.map_at)}
+    return res
 
 
 @register_study("hashing")
@@ -127,46 +181,37 @@ class HashingStudy:
 
     def run(self, cfg: HashingConfig, out: Path) -> dict:
         if cfg.quick:
-            cfg.train = replace(cfg.train, epochs=min(cfg.train.epochs, 3))
-            cfg.cnn_epochs = 1
+            cfg.train = replace(cfg.train, epochs=min(cfg.train.epochs, 2))
+            cfg.cnn_epochs, cfg.seeds = 1, min(cfg.seeds, 3)
         ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
         device = pick_device(cfg.train.device)
         shape, ncls = ds.shape, max(ds.num_classes, int(ds.y_train.max()) + 1)
+        tuned = tune(cfg, shape, to_device(ds, device, cfg.val_fraction, cfg.seed))
         base = to_device(ds, device, 0.0, cfg.seed)  # index = the whole training set
-        noise, hidden, tuned = cfg.noise_std, cfg.hidden, None
-        if cfg.tune:
-            tuned = tune(base.train, shape, cfg, max(1, cfg.train.epochs // 3))
-            noise, hidden = tuned["noise_std"], tuned["hidden"]
-        per: dict[str, dict[str, list[float]]] = {m: {} for m in METHODS}
-        saturation, seconds = [], []
+        y_te = base.test.y.cpu().numpy()
+        # at most half of each class's test images query, so the rest of the test set stays in the index
+        per_class = min(cfg.per_class, int(np.bincount(y_te).min()) // 2)
+        queries = literature_queries(y_te, max(per_class, 1), cfg.seed)
+        lit = {"queries": queries, "rest": np.setdiff1d(np.arange(len(y_te)), queries)}
+        y = {"train": base.train.y.cpu().numpy(), "test": y_te, "q": y_te[queries],
+             "lit_db": np.concatenate([base.train.y.cpu().numpy(), y_te[lit["rest"]]])}
+        per: dict = {}  # per[bits][code][protocol][metric] -> list over seeds
         seeds = [cfg.seed + i for i in range(cfg.seeds)]
-        aes = train_seeds(cfg, lambda: build_ae(shape, cfg, hidden, noise), base.train, cfg.train, seeds)
-        note(f"hashing: the AEs of {len(seeds)} seed(s) trained")
-        for i, seed in each_seed(cfg, "hashing"):
-            codes, sat = hashes(base, shape, ncls, cfg, seed, aes[i])
-            saturation.append(sat)
-            y_tr, y_te = base.train.y.cpu().numpy(), base.test.y.cpu().numpy()
-            for m, (tr_bits, te_bits) in codes.items():
-                t0 = time.perf_counter()
-                res = evaluate_hash(te_bits, y_te, tr_bits, y_tr, cfg.k, cfg.radius)
-                seconds.append(time.perf_counter() - t0)
-                for key, v in res.items():
-                    per[m].setdefault(key, []).append(v)
-            if i == 0:
-                neighbours_page(codes, images(base.train), images(base.test), cfg, out / "figures")
-        return self.metrics(cfg, per, saturation, seconds, noise, hidden, tuned)
-
-    def metrics(self, cfg, per, saturation, seconds, noise, hidden, tuned) -> dict:
-        res: dict = {m: {k: stats.summary(v) for k, v in vals.items()} for m, vals in per.items()}
-        diff = stats.paired(per["ae"]["map"], per["itq"]["map"])
-        word = stats.verdict(diff, higher_is_better=True)
-        res["ae_minus_itq_map"] = diff
-        res["verdict"] = (f"AE hash vs PCA-ITQ mAP at {cfg.bits} bits: {word} "
-                          f"({diff['mean']:+.4f}, 95% CI [{diff['ci95'][0]:+.4f}, {diff['ci95'][1]:+.4f}], "
-                          f"{diff['n']} paired seeds)")
-        res["ae_code_saturation"] = stats.summary(saturation)
-        res["setup"] = {"bits": cfg.bits, "noise_std": noise, "hidden": list(hidden), "k": cfg.k,
-                        "radius": cfg.radius, "tuned": tuned,
-                        "retrieval_seconds_per_method": float(np.mean(seconds)),
-                        "ties": "expected AP and precision@k under a uniformly random order of equal distances"}
-        return res
+        best_method = tuned["best_ae"].removesuffix("+rot")
+        for bits in cfg.bits:
+            methods = cfg.methods if bits == cfg.tune_bits or cfg.all_methods_all_bits else (best_method,)
+            aes = {m: train_seeds(cfg, lambda m=m: build_ae(shape, cfg, m, bits, tuned["setting"][m]), base.train,
+                                  cfg.train, seeds) for m in methods}
+            note(f"hashing: {bits} bits, the AEs of {len(seeds)} seed(s) trained")
+            for i, seed in each_seed(cfg, f"hashing {bits} bits"):
+                codes = seed_codes(cfg, shape, ncls, base, lit, bits, seed, methods, [aes[m][i] for m in methods])
+                results = measure(cfg, codes, y)
+                for m in methods:
+                    results[m]["test"]["saturation"] = saturation(aes[m][i], base.test)
+                for m, r in results.items():
+                    for proto, vals in r.items():
+                        for key, v in vals.items():
+                            per.setdefault(bits, {}).setdefault(m, {}).setdefault(proto, {}).setdefault(key, []).append(v)
+                if i == 0 and bits == cfg.tune_bits:
+                    neighbours_page(codes, images(base.train), images(base.test), cfg, out / "figures")
+        return metrics(cfg, per, tuned)
