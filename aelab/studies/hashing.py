@@ -16,6 +16,11 @@ metrics (`aelab.retrieval`): `test` (every test image queries the whole training
 literature's: 100 test images per class query the other 69,000 images), each with mAP over the whole
 ranking, mAP@1000, precision@k, Gini impurity of the radius-0 and radius-2 balls and bucket counts.
 
+The grid: `tune:<method>` cells (one per grid setting, at tune_bits, on the validation split), then
+(method, bits, seed) cells for every AE method and baseline; an AE cell at a bit count other than
+tune_bits returns at once, marked skipped, unless its method is the one chosen on validation (or
+`all_methods_all_bits=true`): the CPU budget goes to the method that the bar is about.
+
     aelab study hashing data=fashion-mnist        # 5 seeds; time in README (hashing)
     aelab study hashing data=fashion-mnist quick=true
 """
@@ -28,17 +33,18 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..data import load_dataset
-from ..data.device import DeviceData, pick_device, to_device
+from ..data.device import DeviceData
+from ..engine import fit
 from ..errors import ConfigError
 from ..models import build_model, get_model_class
 from ..retrieval import evaluate_hash, literature_queries
-from .base import StudyConfig, each_seed, note, register_study, train_seeds
+from .base import Cell, CellContext, Results, Study, StudyConfig, register_study, seeds_of
 from .hashing_baselines import ITQ, LSH
 from .hashing_classifier import apply_batched, images, train_classifier
-from .hashing_report import metrics, neighbours_page
+from .hashing_report import metrics, neighbour_images
 
 AE_METHODS = ("semhash", "hash-ste", "hash-bihalf", "hash-sgh")
+BASELINES = ("itq", "lsh", "cnn")
 
 
 @dataclass
@@ -91,129 +97,130 @@ def settings(cfg: HashingConfig, method: str) -> list[dict]:
     return [{k: v for k in key} for v in grid]
 
 
-def build_ae(shape, cfg: HashingConfig, method: str, bits: int, setting: dict):
+def train_ae(cfg: HashingConfig, shape, method: str, bits: int, setting: dict, data: DeviceData, seed: int):
+    torch.manual_seed(seed)
     mcfg = get_model_class(method).Config(name=method, latent_dim=bits, hidden=tuple(cfg.hidden), **setting)
-    return build_model(mcfg, shape)
+    model = build_model(mcfg, shape)
+    fit(model, data, cfg.train, seed=seed)
+    return model.eval()
 
 
 def code_inputs(model, data: DeviceData) -> np.ndarray:
     """The code units' inputs (N, bits) for every image: bit = input > 0."""
-    model.eval()
     return apply_batched(model.code_inputs, images(data)).numpy()
 
 
 def ae_codes(model, fit_part: DeviceData, others: list[DeviceData], bits: int, seed: int) -> dict:
-    """{method: [bits of fit_part, bits of each other split]} for the AE's own bits and the ITQ-rotated
-    code inputs (rotation fitted on fit_part's codes only)."""
+    """{"": the AE's own bits, "+rot": its code inputs after an ITQ rotation fitted on fit_part's codes},
+    each a list of bool arrays (fit_part, *others)."""
     a = [code_inputs(model, d) for d in [fit_part, *others]]
     rot = ITQ(bits, seed=seed).fit(a[0])
     return {"": [x > 0 for x in a], "+rot": [rot.transform(x) for x in a]}
-
-
-def saturation(model, data: DeviceData) -> float:
-    """Share of code units within 0.1 of 0 or 1 after the logistic (|a| > logit(0.9)): how cleanly
-    the method made them bits before rounding."""
-    return float((np.abs(code_inputs(model, data)) > np.log(9.0)).mean())
 
 
 def flat(data: DeviceData) -> np.ndarray:
     return images(data).flatten(1).cpu().numpy()
 
 
-def pixel_codes(fit_part: DeviceData, others: list[DeviceData], bits: int, seed: int) -> dict:
-    """PCA-ITQ and LSH bits of the pixels, fitted on fit_part."""
+def pixel_codes(method: str, fit_part: DeviceData, others: list[DeviceData], bits: int, seed: int) -> list:
+    """PCA-ITQ or LSH bits of the pixels, fitted on fit_part: (fit_part, *others)."""
     x = [flat(d) for d in [fit_part, *others]]
-    itq, lsh = ITQ(bits, seed=seed).fit(x[0]), LSH(bits, seed=seed).fit(x[0])
-    return {"itq": [itq.transform(v) for v in x], "lsh": [lsh.transform(v) for v in x]}
+    h = (ITQ if method == "itq" else LSH)(bits, seed=seed).fit(x[0])
+    return [h.transform(v) for v in x]
 
 
-def tune(cfg: HashingConfig, shape, split) -> dict:
-    """Validation mAP of every (code, setting) at tune_bits; per method the setting of its best code
-    (own bits or rotated), and the best AE code overall."""
-    y_fit, y_val = split.train.y.cpu().numpy(), split.val.y.cpu().numpy()
-
-    def val_map(fit_bits, val_bits) -> float:
-        return evaluate_hash(val_bits, y_val, fit_bits, y_fit, cfg.k, cfg.radius, cfg.map_at)["map"]
-
-    scores = {m: val_map(*b) for m, b in pixel_codes(split.train, [split.val], cfg.tune_bits, cfg.seed).items()}
-    best: dict[str, tuple[float, str, dict]] = {}  # method -> (val mAP, code, setting)
-    for method in cfg.methods:
-        for setting in settings(cfg, method):
-            build = lambda: build_ae(shape, cfg, method, cfg.tune_bits, setting)  # noqa: E731
-            model = train_seeds(cfg, build, split.train, cfg.train, [cfg.seed])[0]
-            for suffix, b in ae_codes(model, split.train, [split.val], cfg.tune_bits, cfg.seed).items():
-                scores[f"{method}{suffix} {setting}"] = v = val_map(*b)
-                if v > best.get(method, (-1.0,))[0]:
-                    best[method] = (v, method + suffix, setting)
-            note(f"hashing: tuned {method} {setting}")
-    top = max(best.values(), key=lambda t: t[0])  # the best AE code by validation mAP
-    return {"val_map": scores, "setting": {m: s for m, (_, _, s) in best.items()},
-            "best_code": {m: c for m, (_, c, _) in best.items()}, "best_ae": top[1], "best_ae_val_map": top[0]}
+@dataclass(frozen=True)
+class TuneCell(Cell):
+    point: int = 0  # index into settings(cfg, method)
 
 
-def seed_codes(cfg, shape, ncls, base, lit, bits: int, seed: int, methods, aes) -> dict:
-    """{code name: (index bits, query bits)} for both protocols: test (train index, test queries) and
-    lit (train + test minus the queries as index, the 100-per-class test queries)."""
-    tr, te = base.train, base.test
-    rest, q = te.subset(lit["rest"]), te.subset(lit["queries"])
-    out = {}
-    for m, model in zip(methods, aes):
-        for suffix, (b_tr, b_te, b_rest, b_q) in ae_codes(model, tr, [te, rest, q], bits, seed).items():
-            out[m + suffix] = (b_tr, b_te, b_rest, b_q)
-    out.update({m: tuple(v) for m, v in pixel_codes(tr, [te, rest, q], bits, seed).items()})
-    if bits in cfg.cnn_bits:
-        cnn = train_classifier(tr, shape, ncls, cfg.train, cfg.cnn_epochs, seed, bits, "sigmoid")
-        out["cnn"] = tuple(apply_batched(cnn.features, images(d)).numpy() > 0.5 for d in (tr, te, rest, q))
-    return out
+def chosen(cfg: HashingConfig, deps: dict) -> tuple[str, dict]:
+    """(best AE code, {method: setting}) from the tune cells' validation mAPs."""
+    best: dict[str, tuple[float, str, dict]] = {}
+    for row in deps.values():
+        method = row["arm"].removeprefix("tune:")
+        for suffix in ("", "+rot"):
+            v = row["map" + suffix.replace("+", "_")]
+            if v > best.get(method, (-1.0,))[0]:
+                best[method] = (v, method + suffix, settings(cfg, method)[row["point"]])
+    top = max(best.values(), key=lambda t: t[0])
+    return top[1], {m: s for m, (_, _, s) in best.items()}
 
 
-def measure(cfg, codes: dict, y: dict) -> dict:
-    """{code name: {"test": metrics, "lit": metrics}} for one seed."""
-    res = {}
-    for m, (b_tr, b_te, b_rest, b_q) in codes.items():
-        res[m] = {"test": evaluate_hash(b_te, y["test"], b_tr, y["train"], cfg.k, cfg.radius, cfg.map_at),
-                  "lit": evaluate_hash(b_q, y["q"], np.concatenate([b_tr, b_rest]), y["lit_db"],
-                                       cfg.k, cfg.radius, cfg.map_at)}
-    return res
+class Protocols:
+    """The two evaluations of one set of codes: `test` (test queries, training index) and `lit`
+    (per_class test queries per class, the training set plus the other test images as index)."""
+
+    def __init__(self, cfg: HashingConfig, splits):
+        self.cfg, y_te = cfg, splits.test.y.cpu().numpy()
+        # at most half of each class's test images query, so the rest of the test set stays in the index
+        per_class = max(1, min(cfg.per_class, int(np.bincount(y_te).min()) // 2))
+        q = literature_queries(y_te, per_class, cfg.seed)
+        rest = np.setdiff1d(np.arange(len(y_te)), q)
+        self.splits = [splits.train, splits.test, splits.test.subset(rest), splits.test.subset(q)]
+        y_tr = splits.train.y.cpu().numpy()
+        self.y = {"train": y_tr, "test": y_te, "q": y_te[q], "lit_db": np.concatenate([y_tr, y_te[rest]])}
+
+    def measure(self, b_tr, b_te, b_rest, b_q) -> dict:
+        c, y = self.cfg, self.y
+        return {"test": evaluate_hash(b_te, y["test"], b_tr, y["train"], c.k, c.radius, c.map_at),
+                "lit": evaluate_hash(b_q, y["q"], np.concatenate([b_tr, b_rest]), y["lit_db"], c.k, c.radius, c.map_at)}
 
 
 @register_study("hashing")
-class HashingStudy:
+class HashingStudy(Study):
     Config = HashingConfig
+    headline = "map"
 
-    def run(self, cfg: HashingConfig, out: Path) -> dict:
-        if cfg.quick:
-            cfg.train = replace(cfg.train, epochs=min(cfg.train.epochs, 2))
-            cfg.cnn_epochs, cfg.seeds = 1, min(cfg.seeds, 3)
-        ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
-        device = pick_device(cfg.train.device)
-        shape, ncls = ds.shape, max(ds.num_classes, int(ds.y_train.max()) + 1)
-        tuned = tune(cfg, shape, to_device(ds, device, cfg.val_fraction, cfg.seed))
-        base = to_device(ds, device, 0.0, cfg.seed)  # index = the whole training set
-        y_te = base.test.y.cpu().numpy()
-        # at most half of each class's test images query, so the rest of the test set stays in the index
-        per_class = min(cfg.per_class, int(np.bincount(y_te).min()) // 2)
-        queries = literature_queries(y_te, max(per_class, 1), cfg.seed)
-        lit = {"queries": queries, "rest": np.setdiff1d(np.arange(len(y_te)), queries)}
-        y = {"train": base.train.y.cpu().numpy(), "test": y_te, "q": y_te[queries],
-             "lit_db": np.concatenate([base.train.y.cpu().numpy(), y_te[lit["rest"]]])}
-        per: dict = {}  # per[bits][code][protocol][metric] -> list over seeds
-        seeds = [cfg.seed + i for i in range(cfg.seeds)]
-        best_method = tuned["best_ae"].removesuffix("+rot")
-        for bits in cfg.bits:
-            methods = cfg.methods if bits == cfg.tune_bits or cfg.all_methods_all_bits else (best_method,)
-            aes = {m: train_seeds(cfg, lambda m=m: build_ae(shape, cfg, m, bits, tuned["setting"][m]), base.train,
-                                  cfg.train, seeds) for m in methods}
-            note(f"hashing: {bits} bits, the AEs of {len(seeds)} seed(s) trained")
-            for i, seed in each_seed(cfg, f"hashing {bits} bits"):
-                codes = seed_codes(cfg, shape, ncls, base, lit, bits, seed, methods, [aes[m][i] for m in methods])
-                results = measure(cfg, codes, y)
-                for m in methods:
-                    results[m]["test"]["saturation"] = saturation(aes[m][i], base.test)
-                for m, r in results.items():
-                    for proto, vals in r.items():
-                        for key, v in vals.items():
-                            per.setdefault(bits, {}).setdefault(m, {}).setdefault(proto, {}).setdefault(key, []).append(v)
-                if i == 0 and bits == cfg.tune_bits:
-                    neighbours_page(codes, images(base.train), images(base.test), cfg, out / "figures")
-        return metrics(cfg, per, tuned)
+    def preset(self, cfg: HashingConfig) -> HashingConfig:
+        return replace(cfg, train=replace(cfg.train, epochs=min(cfg.train.epochs, 2)), cnn_epochs=1,
+                       seeds=min(cfg.seeds, 3))
+
+    def tune_cells(self, cfg: HashingConfig) -> list[Cell]:
+        return [TuneCell(f"tune:{m}", cfg.seed, cfg.tune_bits, point=i)
+                for m in cfg.methods for i in range(len(settings(cfg, m)))]
+
+    def cells(self, cfg: HashingConfig) -> list[Cell]:
+        bits = [cfg.tune_bits] + [b for b in cfg.bits if b != cfg.tune_bits]  # the bar's bit count first
+        arms = [Cell(m, s, b) for b in bits for s in seeds_of(cfg) for m in (*cfg.methods, "itq", "lsh")]
+        cnn = [Cell("cnn", s, b) for b in bits if b in cfg.cnn_bits for s in seeds_of(cfg)]
+        return self.tune_cells(cfg) + arms + cnn
+
+    def needs(self, cfg: HashingConfig, cell: Cell) -> list[Cell]:
+        return self.tune_cells(cfg) if cell.arm in cfg.methods else []
+
+    def run_cell(self, cfg: HashingConfig, cell: Cell, ctx: CellContext) -> dict:
+        ds = ctx.dataset(cfg)
+        if isinstance(cell, TuneCell):  # fit part of the training set vs the validation images
+            split, method = ctx.data(cfg, val_fraction=cfg.val_fraction), cell.arm.removeprefix("tune:")
+            model = train_ae(cfg, ds.shape, method, cell.n, settings(cfg, method)[cell.point], split.train, cell.seed)
+            y_fit, y_val = split.train.y.cpu().numpy(), split.val.y.cpu().numpy()
+            codes = ae_codes(model, split.train, [split.val], cell.n, cell.seed)
+            return {f"map{s.replace('+', '_')}": evaluate_hash(v, y_val, f, y_fit, cfg.k, cfg.radius, cfg.map_at)["map"]
+                    for s, (f, v) in codes.items()}
+        proto = ctx.cached(("hashing-protocols", cfg.seed), lambda: Protocols(cfg, ctx.data(cfg, val_fraction=0.0)))
+        tr, others = proto.splits[0], proto.splits[1:]
+        if cell.arm in cfg.methods:
+            best, setting = chosen(cfg, ctx.deps)
+            if cell.n != cfg.tune_bits and not cfg.all_methods_all_bits and cell.arm != best.removesuffix("+rot"):
+                return {"skipped": f"{cell.arm} was not chosen on validation ({best} was)"}
+            model = train_ae(cfg, ds.shape, cell.arm, cell.n, setting[cell.arm], tr, cell.seed)
+            codes = {cell.arm + s: c for s, c in ae_codes(model, tr, others, cell.n, cell.seed).items()}
+            # share of code units within 0.1 of 0 or 1 after the logistic: how cleanly the method made bits
+            extra = {"saturation": float((np.abs(code_inputs(model, others[0])) > np.log(9.0)).mean())}
+        elif cell.arm == "cnn":
+            cnn = train_classifier(tr, ds.shape, max(ds.num_classes, int(ds.y_train.max()) + 1), cfg.train,
+                                   cfg.cnn_epochs, cell.seed, cell.n, "sigmoid")
+            codes = {"cnn": [apply_batched(cnn.features, images(d)).numpy() > 0.5 for d in proto.splits]}
+            extra = {}
+        else:
+            codes, extra = {cell.arm: pixel_codes(cell.arm, tr, others, cell.n, cell.seed)}, {}
+        out: dict = {"codes": {name: proto.measure(*c) for name, c in codes.items()}, **extra}
+        out["map"] = out["codes"][next(iter(codes))]["test"]["map"]  # the progress line's headline
+        if cell.seed == cfg.seed and cell.n == cfg.tune_bits:  # the neighbours pages' arrays
+            for name, c in codes.items():
+                out[f"nb:{name}"] = neighbour_images(c[0], c[1], images(tr), images(others[0]), cfg)
+        return out
+
+    def summarize(self, cfg: HashingConfig, results: Results, out: Path) -> dict:
+        return metrics(cfg, results, out)
