@@ -16,7 +16,7 @@ from aelab.errors import ConfigError
 from aelab.retrieval import (evaluate_hash, expected_ap, expected_ap_at, expected_precision_at, gini,
                              hamming, index_buckets, knn, literature_queries, nearest, pack_bits, weighted_gini)
 from aelab.studies import run_study
-from aelab.studies.hashing_baselines import ITQ, LSH
+from aelab.studies.hashing_baselines import ITQ, LSH, SpectralHashing
 
 
 def brute_ap(order: list[int]) -> float:
@@ -137,6 +137,18 @@ def test_itq_reduces_quantisation_error_vs_pca_sign():
         ITQ(30).fit(x)
 
 
+def test_spectral_hashing_spends_bits_on_the_wide_directions():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (4000, 2)) * [4.0, 1.0]  # modes (k / width)^2: 1/16, 4/16, 9/16 on x, 1 on y
+    sh = SpectralHashing(3).fit(x)
+    assert sh.dim_.tolist() == [0, 0, 0] and sh.freq_.tolist() == [1, 2, 3]
+    bits = sh.transform(x)
+    wide = (x[:, 0] - x[:, 0].min()) / np.ptp(x[:, 0])
+    agree = (bits[:, 0] == (wide < 0.5)).mean()  # sin(pi/2 + pi t) > 0 on one half (PCA's sign is free)
+    assert max(agree, 1 - agree) > 0.99  # (PCA tilts the axis a little: a few points near the middle)
+    assert abs(bits.mean(0)[0] - 0.5) < 0.03
+
+
 FAST = ["bits=(8,16)", "tune_bits=8", "hidden=(32,)", "train.epochs=3", "train.batch_size=32", "cnn_epochs=1",
         "tune_noise=(1.0,4.0)", "tune_ste=(10.0,)", "tune_gamma=(50.0,)", "tune_sgh=(0.0,)", "cnn_bits=(8,)",
         "train.progress=off"]
@@ -146,7 +158,7 @@ def test_hashing_study_end_to_end(tmp_path, blobs_npz):
     path = run_study("hashing", overrides=["workers=1", f"data={blobs_npz}", "seeds=2", f"out_dir={tmp_path}", *FAST])
     m = json.loads((path / "metrics.json").read_text())
     codes = ["semhash", "semhash+rot", "hash-ste", "hash-ste+rot", "hash-bihalf", "hash-bihalf+rot",
-             "hash-sgh", "hash-sgh+rot", "itq", "lsh", "cnn"]
+             "hash-sgh", "hash-sgh+rot", "itq", "lsh", "sh", "cnn"]
     for proto in ("test", "lit"):
         assert set(m["b8"][proto]) == set(codes)
         for code in codes:
@@ -159,7 +171,7 @@ def test_hashing_study_end_to_end(tmp_path, blobs_npz):
     # 16 bits (not tune_bits) runs only the AE method chosen on validation, and no CNN (cnn_bits)
     tuned = m["tuning"]
     best = tuned["best_ae"].removesuffix("+rot")
-    assert set(m["b16"]["test"]) == {best, best + "+rot", "itq", "lsh"}
+    assert set(m["b16"]["test"]) == {best, best + "+rot", "itq", "lsh", "sh"}
     assert tuned["best_ae_val_map"] == max(v for k, v in tuned["val_map"].items() )
     assert tuned["setting"]["semhash"]["noise_std"] in (1.0, 4.0) and len(tuned["val_map"]) == 2 * 5  # (own, rotated) x 5 settings
     # the paired differences are the per-seed differences the summaries came from

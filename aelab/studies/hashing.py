@@ -5,7 +5,8 @@ reference arm), `hash-ste` (straight-through bits with balance and decorrelation
 (the bi-half layer, Li & van Gemert 2021) and `hash-sgh` (stochastic bits, Dai et al. 2017). Each AE
 also gives a second code, `<method>+rot`: its code inputs rotated by ITQ's alternation (the rotation
 and centring fold into the encoder's last linear layer), fitted on the training codes.
-Baselines fitted in the same run on the same seed: random-projection LSH and PCA-ITQ on the pixels, and
+Baselines fitted in the same run on the same seed: random-projection LSH, PCA-ITQ and spectral hashing
+(Weiss et al. 2008) on the pixels, and
 the rounded logistic penultimate layer of a CNN classifier (Guo & Li 2015; it uses the labels: its own
 league).
 
@@ -39,12 +40,12 @@ from ..errors import ConfigError
 from ..models import build_model, get_model_class
 from ..retrieval import evaluate_hash, literature_queries
 from .base import Cell, CellContext, Results, Study, StudyConfig, register_study, seeds_of
-from .hashing_baselines import ITQ, LSH
+from .hashing_baselines import ITQ, LSH, SpectralHashing
 from .hashing_classifier import apply_batched, images, train_classifier
 from .hashing_report import metrics, neighbour_images
 
 AE_METHODS = ("semhash", "hash-ste", "hash-bihalf", "hash-sgh")
-BASELINES = ("itq", "lsh", "cnn")
+PIXEL_BASELINES = ("itq", "lsh", "sh")  # PCA-ITQ, LSH, spectral hashing: fitted on the pixels
 
 
 @dataclass
@@ -123,9 +124,10 @@ def flat(data: DeviceData) -> np.ndarray:
 
 
 def pixel_codes(method: str, fit_part: DeviceData, others: list[DeviceData], bits: int, seed: int) -> list:
-    """PCA-ITQ or LSH bits of the pixels, fitted on fit_part: (fit_part, *others)."""
+    """PCA-ITQ, LSH or spectral-hashing bits of the pixels, fitted on fit_part: (fit_part, *others)."""
     x = [flat(d) for d in [fit_part, *others]]
-    h = (ITQ if method == "itq" else LSH)(bits, seed=seed).fit(x[0])
+    h = SpectralHashing(bits) if method == "sh" else (ITQ if method == "itq" else LSH)(bits, seed=seed)
+    h = h.fit(x[0])
     return [h.transform(v) for v in x]
 
 
@@ -182,7 +184,7 @@ class HashingStudy(Study):
 
     def cells(self, cfg: HashingConfig) -> list[Cell]:
         bits = [cfg.tune_bits] + [b for b in cfg.bits if b != cfg.tune_bits]  # the bar's bit count first
-        arms = [Cell(m, s, b) for b in bits for s in seeds_of(cfg) for m in (*cfg.methods, "itq", "lsh")]
+        arms = [Cell(m, s, b) for b in bits for s in seeds_of(cfg) for m in (*cfg.methods, *PIXEL_BASELINES)]
         cnn = [Cell("cnn", s, b) for b in bits if b in cfg.cnn_bits for s in seeds_of(cfg)]
         return self.tune_cells(cfg) + arms + cnn
 

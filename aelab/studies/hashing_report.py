@@ -39,7 +39,7 @@ def vs_itq(per_bits: dict, bits: int) -> tuple[dict, dict]:
     """Paired differences of every AE code minus PCA-ITQ, per protocol, for mAP and mAP@R; verdicts."""
     diffs, verdicts = {}, {}
     for code, by_proto in per_bits.items():
-        if code in ("itq", "lsh", "cnn"):
+        if code in ("itq", "lsh", "sh", "cnn"):
             continue
         for proto, vals in by_proto.items():
             ref = per_bits["itq"][proto]
