@@ -18,8 +18,7 @@ has the opt-in benchmark).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import digamma
-from scipy.stats import hypergeom
+from scipy.special import digamma, gammaln
 
 _CHUNK_ELEMENTS = 1 << 19  # query x index distances per step: small enough to stay in cache
 
@@ -118,13 +117,24 @@ def expected_ap_at(rel: np.ndarray, tot: np.ndarray, cut: int) -> np.ndarray:
     s_full = np.where(full & (tot > 0), rel / np.maximum(tot, 1) * _tie_sum(r_before + 1, b, n_before, tot), 0.0)
     s_full, r_in = s_full.sum(axis=1), np.where(full, rel, 0).sum(axis=1)
     m = np.arange(int(np.max(np.minimum(r, t), initial=0)) + 1, dtype=np.float64)[None, :]  # (1, M)
-    pmf = hypergeom.pmf(m, n[:, None], r[:, None], t[:, None])  # (Q, M), 0 outside the support
+    pmf = _hypergeom_pmf(m, n[:, None], r[:, None], t[:, None])  # (Q, M), 0 outside the support
     bm = np.where(t[:, None] > 1, (m - 1) / np.maximum(t[:, None] - 1, 1), 0.0)
     part = m / t[:, None] * _tie_sum(r_in[:, None] + 1, bm, n_b[:, None], t[:, None])
     hits = r_in[:, None] + m
     with np.errstate(invalid="ignore", divide="ignore"):
         ap = np.where(hits > 0, (s_full[:, None] + part) / hits, 0.0)
     return (np.nan_to_num(pmf) * ap).sum(axis=1)
+
+
+def _hypergeom_pmf(m: np.ndarray, n: np.ndarray, r: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """P(m relevant among t drawn without replacement from n holding r), 0 outside the support; from
+    log-gammas (scipy.stats.hypergeom.pmf gives the same numbers, ~50x slower on (1000, 1000) grids)."""
+    ok = (m <= r) & (m <= t) & (t - m <= n - r)
+    m = np.where(ok, m, 0.0)
+    lg = lambda v: gammaln(v + 1.0)  # noqa: E731  log(v!)
+    log_p = (lg(r) - lg(m) - lg(r - m) + lg(n - r) - lg(t - m) - lg(np.maximum(n - r - t + m, 0.0))
+             - lg(n) + lg(t) + lg(n - t))
+    return np.where(ok, np.exp(log_p), 0.0)
 
 
 def literature_queries(labels: np.ndarray, per_class: int = 100, seed: int = 0) -> np.ndarray:

@@ -78,7 +78,7 @@ def tuning(cfg, results) -> dict:
     best AE code."""
     from .hashing import chosen, settings
 
-    rows = {r["key"] if "key" in r else f"{r['arm']}.{r['point']}": r for r in results if r["arm"].startswith("tune:")}
+    rows = {f"{r['arm']}.{r['point']}": r for r in results if r["arm"].startswith("tune:")}
     best, setting = chosen(cfg, rows)
     val = {}
     for r in rows.values():
