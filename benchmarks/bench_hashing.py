@@ -72,6 +72,15 @@ def systems(db: np.ndarray, q: np.ndarray, repeats: int, numpy_queries: int) -> 
     return rows
 
 
+def target_note(rows: list[list], target_s: float = 1.0) -> str:
+    """The target (the 10k x 60k ranking under `target_s`), judged for each system on the first size."""
+    first = [r for r in rows if r[1] == rows[0][1] and r[2] == rows[0][2]]  # same index size, all queries
+    parts = [f"{r[0]} {r[3]:.2f} s ({'met' if r[3] < target_s else 'missed'})" for r in first]
+    met = [r[0] for r in first if r[3] < target_s and r[5] == 1.0]
+    return (f"Target (the {rows[0][2]:,} x {rows[0][1]:,} ranking in < {target_s:g} s, exact): "
+            + "; ".join(parts) + f". {'Met by ' + ', '.join(met) if met else 'MISSED by every exact system'}.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="2,000 x 500 codes: checks the script runs")
@@ -85,9 +94,7 @@ def main() -> None:
     rows = systems(db, q, args.repeats, 1000)
     rows += systems(np.tile(db, (20, 1)), q, 1 if not args.smoke else args.repeats, 200)
     md = table(["system", "index codes", "queries", "seconds", "queries/s", f"recall@{K}"], rows)
-    flat60 = next(r for r in rows if r[0].startswith("aelab knn"))
-    verdict = "Smoke run: sizes too small to judge the target." if args.smoke else (f"Target (10k x 60k ranking < 1 s): aelab knn {flat60[3]:.2f} s, "
-               f"faiss flat {rows[0][3]:.2f} s: {'met' if min(flat60[3], rows[0][3]) < 1 else 'MISSED'}.")
+    verdict = "Smoke run: sizes too small to judge the target." if args.smoke else target_note(rows)
     print(md + "\n" + verdict)
     if args.write_results and not args.smoke:
         write_section("hashing", f"## Hamming k-NN throughput (k={K}, 32-bit PCA-ITQ codes of Fashion-MNIST)\n\n"
