@@ -196,12 +196,11 @@ def evaluate_hash(q_bits: np.ndarray, q_labels: np.ndarray, db_bits: np.ndarray,
     return out
 
 
-def knn(q_bits: np.ndarray, db_bits: np.ndarray, k: int, chunk: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def knn(q_bits: np.ndarray, db_bits: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """(distances (Q, k) int32, indices (Q, k) int64) of the k nearest index codes by Hamming distance,
     nearest first; equal distances in no particular order. The distances come from one float matrix
     product of +-1 codes, d = (B - q.x) / 2 (exact: integers far below 2^24), and torch's top-k, which
-    run on every core. Chunks of 32 queries keep the (32, N) distance block in cache: 1.6x faster
-    than 1,024 (one thread, 60k codes)."""
+    run on every core: the fastest exhaustive ranking here (benchmarks/bench_hashing.py)."""
     import torch
 
     k = min(k, len(db_bits))
