@@ -116,7 +116,7 @@ def study(args: tuple[str, ...], list_: bool, force: bool) -> None:
 @cli.command()
 def models() -> None:
     """List every registered model with its config fields and defaults."""
-    from .models import get_model_class, model_names
+    from .registry import broken_note, get_model_class, model_names
 
     for name in model_names():
         cls = get_model_class(name)
@@ -127,6 +127,8 @@ def models() -> None:
             if f.name != "name":
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 click.echo(f"    model.{f.name} = {default!r}  ({_type_name(hints[f.name])})")
+    if broken_note():
+        click.echo(f"aelab: warning: {broken_note()}", err=True)
 
 
 def _type_name(tp) -> str:
