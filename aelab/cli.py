@@ -34,7 +34,7 @@ def cli() -> None:
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue a stopped run from its checkpoint.")
 def train(args: tuple[str, ...], force: bool, resume_dir: str | None) -> None:
     """Train a model: aelab train [CONFIG.toml] [key=value ...]  (e.g. model=conv data=fashion-mnist)."""
-    from . import runs
+    from . import distributed, runs
 
     if resume_dir:
         if args:
@@ -43,7 +43,8 @@ def train(args: tuple[str, ...], force: bool, resume_dir: str | None) -> None:
     else:
         config_file, overrides = _split_args(args)
         path = runs.train(config_file=config_file, overrides=overrides, force=force)
-    _print_summary(path)
+    if distributed.launched_rank() == 0:  # under torchrun rank 0 wrote metrics.json; another's folder may lack it
+        _print_summary(path)
 
 
 def _print_summary(path: Path) -> None:

@@ -105,6 +105,11 @@ def current() -> DistributedContext:
     return _CURRENT
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun launched it (0 without torchrun), even after `teardown`."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: torch.device) -> tuple[DistributedContext, torch.device]:
     """Join the process group that torchrun describes in the environment; a no-op without one.
 
