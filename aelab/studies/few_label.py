@@ -11,7 +11,7 @@ pretrained classifier come to the one trained on all of them (paired difference)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +22,13 @@ from sklearn.linear_model import LogisticRegression
 from .. import stats
 from ..classify import MODES, accuracy, train_classifier, with_min_steps
 from ..config import TrainConfig
-from ..data import load_dataset
-from ..data.device import hide_labels, pick_device, to_device
+from ..data.device import hide_labels
 from ..engine import fit
 from ..errors import ConfigError
 from ..models import build_model
 from ..report import plots
-from .base import StudyConfig, each_seed, register_study
+from .base import (Cell, CellContext, Results, Study, StudyConfig, load_state_arrays, register_study, seeds_of,
+                   state_arrays)
 
 BASELINES = ("logreg_pixels", "logreg_pca")
 
@@ -55,6 +55,8 @@ class FewLabelConfig(StudyConfig):
         self.clf.check()
         if min(self.labels_per_class, default=1) <= 0 or not all(0 < f <= 1 for f in self.fractions):
             raise ConfigError("labels_per_class must be > 0 and fractions in (0, 1]")
+        if self.data.val_fraction <= 0:
+            raise ConfigError("data.val_fraction must be > 0: the best route is chosen on the validation split")
         if not self.labels_per_class and not self.fractions:
             raise ConfigError("give at least one label budget (labels_per_class or fractions)")
 
@@ -73,73 +75,119 @@ def labelled_rows(y: np.ndarray, k: int, fraction: float, seed: int) -> np.ndarr
     return np.flatnonzero(hide_labels(y, k, fraction, seed) >= 0)
 
 
-def logreg(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, seed: int) -> float:
-    clf = LogisticRegression(max_iter=300, random_state=seed).fit(x_tr, y_tr)
-    return float(clf.score(x_te, y_te))
+GROUPS = (*MODES, "baselines")  # a cell per budget, seed and group: each neural route, then both logregs
 
 
-def one_seed(cfg: FewLabelConfig, ds, seed: int, plan) -> dict[str, dict[str, float]]:
-    """{budget: {route: test accuracy}} for one seed."""
-    splits = to_device(ds, pick_device(cfg.train.device), cfg.data.val_fraction, seed)
-    torch.manual_seed(seed)
-    mcfg = build_model(cfg.model, ds.shape).cfg
+@dataclass(frozen=True)
+class BudgetCell(Cell):
+    budget: str = ""  # "k10" (10 labels per class) or "p10" (10% of the training set)
+
+
+def build_ae(cfg: FewLabelConfig, shape, num_classes: int):
+    mcfg = build_model(cfg.model, shape).cfg
     mcfg.latent_dim = cfg.latent_dim
-    ae = build_model(mcfg, ds.shape, ds.num_classes)
-    # every training image; the labels are never read
+    return build_model(mcfg, shape, num_classes)
+
+
+def pretrained(cfg: FewLabelConfig, row: dict, shape, num_classes: int):
+    """The seed's pretrained AE, rebuilt from the weights its `pretrain` cell stored."""
+    return load_state_arrays(build_ae(cfg, shape, num_classes), row)
+
+
+def pretrain(cfg: FewLabelConfig, splits, num_classes: int, seed: int) -> dict:
+    """A denoising AE on every training image (labels unused); its weights, stored for the budgets' cells."""
+    torch.manual_seed(seed)
+    ae = build_ae(cfg, tuple(splits.train.x.shape[1:]), num_classes)
     fit(ae, splits.train, with_min_steps(cfg.train, len(splits.train), cfg.min_steps), seed=seed)
-    y_tr = splits.train.y.cpu().numpy()
-    x_tr = splits.train.x.flatten(1).float().div(255).cpu().numpy()  # (N, D) for the baselines
-    x_te = splits.test.x.flatten(1).float().div(255).cpu().numpy()
-    pca = PCA(min(cfg.pca_dim, x_tr.shape[1]), random_state=seed).fit(x_tr)  # unsupervised, all images
-    p_tr, p_te = pca.transform(x_tr), pca.transform(x_te)
-    out: dict[str, dict[str, float]] = {}
-    for name, k, frac in plan:
-        rows = labelled_rows(y_tr, k, frac, seed)
-        sub = splits.train.subset(rows)
-        res = {mode: accuracy(train_classifier(ae, sub, mode, cfg.clf, num_classes=ds.num_classes,
-                                               min_steps=cfg.clf_min_steps, seed=seed), splits.test)
-               for mode in MODES}
-        res["logreg_pixels"] = logreg(x_tr[rows], y_tr[rows], x_te, ds.y_test, seed)
-        res["logreg_pca"] = logreg(p_tr[rows], y_tr[rows], p_te, ds.y_test, seed)
-        res["n_labels"] = len(rows)
-        out[name] = res
+    return state_arrays(ae)
+
+
+def route_accuracy(cfg: FewLabelConfig, cell: BudgetCell, ctx: CellContext, plan: dict) -> dict:
+    """Validation and test accuracy of one group (a classifier route, or both logregs) at one budget."""
+    splits, ds = ctx.data(cfg, seed=cell.seed), ctx.dataset(cfg)
+    k, frac = plan[cell.budget]
+    rows = labelled_rows(splits.train.y.cpu().numpy(), k, frac, cell.seed)
+    out: dict = {"n_labels": len(rows)}
+    if cell.arm in MODES:
+        ae = pretrained(cfg, ctx.deps[BudgetCell("pretrain", cell.seed).key], ds.shape, ds.num_classes)
+        clf = train_classifier(ae, splits.train.subset(rows), cell.arm, cfg.clf, num_classes=ds.num_classes,
+                               min_steps=cfg.clf_min_steps, seed=cell.seed)
+        return out | {cell.arm: {"val": accuracy(clf, splits.val), "test": accuracy(clf, splits.test)}}
+    x = {name: d.x.flatten(1).float().div(255).cpu().numpy() for name, d in
+         (("train", splits.train), ("val", splits.val), ("test", splits.test))}  # (N, D) each
+    y = {name: d.y.cpu().numpy() for name, d in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
+    pca = ctx.cached(("few-label-pca", cfg.data.name, cell.seed, cfg.pca_dim),  # unsupervised, all images
+                     lambda: PCA(min(cfg.pca_dim, x["train"].shape[1]), random_state=cell.seed).fit(x["train"]))
+    for name, f in (("logreg_pixels", lambda a: a), ("logreg_pca", pca.transform)):
+        clf = LogisticRegression(max_iter=300, random_state=cell.seed).fit(f(x["train"][rows]), y["train"][rows])
+        out[name] = {part: float(clf.score(f(x[part]), y[part])) for part in ("val", "test")}
     return out
 
 
 @register_study("few-label")
-class FewLabelStudy:
+class FewLabelStudy(Study):
     Config = FewLabelConfig
+    headline = "n_labels"
 
-    def run(self, cfg: FewLabelConfig, out: Path) -> dict:
-        if cfg.quick:
-            cfg.train.epochs, cfg.clf.epochs, cfg.clf_min_steps = min(cfg.train.epochs, 5), 2, 150
-            cfg.min_steps = min(cfg.min_steps, 500)
-        ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
-        probe = to_device(ds, "cpu", cfg.data.val_fraction, cfg.seed).train.y.numpy()
-        plan = budgets(cfg, probe)
-        per_seed = [one_seed(cfg, ds, seed, plan) for _, seed in each_seed(cfg, "few-label")]
+    def preset(self, cfg: FewLabelConfig) -> FewLabelConfig:
+        return replace(cfg, train=replace(cfg.train, epochs=min(cfg.train.epochs, 5)),
+                       clf=replace(cfg.clf, epochs=2), clf_min_steps=150, min_steps=min(cfg.min_steps, 500))
+
+    def cells(self, cfg: FewLabelConfig) -> list[Cell]:
+        pre = [BudgetCell("pretrain", seed) for seed in seeds_of(cfg)]
+        return pre + [BudgetCell(g, seed, budget=name) for seed in seeds_of(cfg) for name, _, _ in all_budgets(cfg)
+                      for g in GROUPS]
+
+    def needs(self, cfg: FewLabelConfig, cell: Cell) -> list[Cell]:
+        return [BudgetCell("pretrain", cell.seed)] if cell.arm in MODES else []
+
+    def run_cell(self, cfg: FewLabelConfig, cell: BudgetCell, ctx: CellContext) -> dict:
+        ds = ctx.dataset(cfg)
+        if cell.arm == "pretrain":
+            return pretrain(cfg, ctx.data(cfg, seed=cell.seed), ds.num_classes, cell.seed)
+        plan = {name: (k, f) for name, k, f in budgets(cfg, ctx.data(cfg).train.y.cpu().numpy())}
+        if cell.budget not in plan:  # more labels per class than the smallest class has
+            return {"skipped": True}
+        return route_accuracy(cfg, cell, ctx, plan)
+
+    def summarize(self, cfg: FewLabelConfig, results: Results, out: Path) -> dict:
+        done = results.where(skipped=None)  # budgets a class could give
+        plan = [(name, k, f) for name, k, f in all_budgets(cfg) if done.where(budget=name).rows]
+        per_seed = []
+        for seed in seeds_of(cfg):
+            per_seed.append({name: {key: v for r in results.where(budget=name, seed=seed) for key, v in r.items()
+                                    if key in (*MODES, *BASELINES, "n_labels")} for name, _, _ in plan})
         result = summarise(per_seed, plan, cfg)
         draw(result, plan, out)
         return result
 
 
+def all_budgets(cfg: FewLabelConfig) -> list[tuple[str, int, float]]:
+    """Every configured budget (whether it fits the data is decided in the cells)."""
+    return [(f"k{k}", k, 0.0) for k in cfg.labels_per_class] + [(f"p{round(f * 100)}", 0, f) for f in cfg.fractions]
+
+
 def summarise(per_seed: list[dict], plan, cfg: FewLabelConfig) -> dict:
-    """Per budget and route, test accuracy over seeds; the fewest-labels verdict; Q8's gap."""
+    """Per budget and route, test accuracy over seeds; the fewest-labels verdict and Q8's gap, with the
+    route chosen by validation accuracy and reported on test."""
     routes = (*MODES, *BASELINES)
     skipped = [f"k{k}" for k in cfg.labels_per_class if f"k{k}" not in {p[0] for p in plan}]
     res: dict = {"routes": list(routes), "skipped_budgets": skipped}  # larger than the smallest class
+    test = lambda name, r: [s[name][r]["test"] for s in per_seed]  # noqa: E731  (paired by seed)
+    val = lambda name, r: float(np.mean([s[name][r]["val"] for s in per_seed]))  # noqa: E731
     for name, _, _ in plan:
-        res[name] = {"n_labels": per_seed[0][name]["n_labels"],
-                     **{r: stats.summary([s[name][r] for s in per_seed]) for r in routes}}
+        res[name] = {"n_labels": per_seed[0][name]["n_labels"], **{r: stats.summary(test(name, r)) for r in routes},
+                     "val_mean": {r: val(name, r) for r in routes}}
     first = plan[0][0]
-    best = max(MODES, key=lambda r: res[first][r]["mean"])
-    diff = stats.paired([s[first][best] for s in per_seed], [s[first]["logreg_pixels"] for s in per_seed])
-    res["fewest_labels"] = {"budget": first, "best_route": best, "vs_logreg_pixels": diff,
+    best = max(MODES, key=lambda r: val(first, r))
+    diff = stats.paired(test(first, best), test(first, "logreg_pixels"))
+    res["fewest_labels"] = {"budget": first, "best_route": best, "chosen_by": "validation accuracy",
+                            "vs_logreg_pixels": diff,
                             "verdict": f"{best} vs logistic regression on pixels with {res[first]['n_labels']} "
                                        f"labels: {stats.verdict(diff)}"}
     if "p10" in res and "p100" in res:  # seed 004 Q8 in numbers
-        pre = max(("finetune", "probe"), key=lambda r: res["p10"][r]["mean"])
-        gap = stats.paired([s["p10"][pre] for s in per_seed], [s["p100"]["scratch"] for s in per_seed])
+        pre = max(("finetune", "probe"), key=lambda r: val("p10", r))
+        gap = stats.paired(test("p10", pre), test("p100", "scratch"))
         res["q8"] = {"pretrained_route": pre, "gap_to_scratch_all_labels": gap,
                      "answer": f"with 10% of the labels, {pre} reaches {res['p10'][pre]['mean']:.3f} against "
                                f"{res['p100']['scratch']['mean']:.3f} for scratch on all labels "
