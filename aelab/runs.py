@@ -151,7 +151,7 @@ def _train_and_write(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resum
                   run_dir=path, resume=resume, meta={"config": to_dict(cfg)}, on_epoch=log_epoch)
     meta["train_seconds"] = time.perf_counter() - t0
     if ctx.active:
-        meta["processes"] = ctx.world
+        meta["processes"], meta["backend"] = ctx.world, distributed.backend()
         if not ctx.is_main:  # rank 0 writes the model, metrics, figures and report
             ctx.barrier()
             return path
