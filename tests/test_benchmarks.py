@@ -71,3 +71,11 @@ def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
     for name in ("gpu-tests", "bench-train", "bench-seeds"):
         assert f"| {name} | ok |" in summary
     assert results.read_text() == before
+
+
+def test_pythae_cap_grows_to_show_the_target_ratio_within_a_bound():
+    aelab = {"aelab (default conv VAE)": (8.0, 0.02)}
+    assert bench_train.pythae_cap(aelab, 0.025, 100.0, 260.0, 30.0) == 8.0 * 30 * 1.02
+    assert bench_train.pythae_cap(aelab, 0.025, 100.0, 200.0, 30.0) == 200.0  # bounded
+    assert bench_train.pythae_cap({"a": (2.0, 0.02)}, 0.025, 100.0, 260.0, 30.0) == 100.0  # never below --cap
+    assert bench_train.pythae_cap({"a": (8.0, 0.03)}, 0.025, 100.0, 260.0, 30.0) == 100.0  # aelab missed: no ratio
