@@ -66,8 +66,9 @@ def _first_non_finite(trace: torch.Tensor, sums: dict[str, torch.Tensor], first_
 
 
 def _py(total: torch.Tensor, n: int) -> float | list[float]:
-    """A sum over n as a mean: a float, or a list for a stack's per-seed vector."""
-    return (total.double() / n).tolist()
+    """A sum over n as a mean: a float, or a list for a stack's per-seed vector (one host sync)."""
+    value = total.float().tolist()
+    return [v / n for v in value] if isinstance(value, list) else value / n
 
 
 def fit(model: torch.nn.Module, train: DeviceData, cfg: TrainConfig | None = None, *,
