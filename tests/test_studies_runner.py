@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +84,24 @@ def test_kill_9_then_resume_writes_the_same_metrics(tmp_path, reference, where, 
     assert (path / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
     ran = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
     assert len(ran) == 35 - n  # only the cells that were missing ran again
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_stops_the_study_and_resume_finishes_it(tmp_path, reference, workers):
+    args = [sys.executable, "-m", "aelab", "study", "memorization", *TINY, f"workers={workers}",
+            f"out_dir={tmp_path}", "name=m"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cells = tmp_path / "m" / "cells"
+    while len(list(cells.glob("*.json"))) < 8:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-2000:]
+    assert f"continue with `aelab study --resume {tmp_path / 'm'}`" in err
+    assert not list(cells.glob("*.failed.json"))  # an interrupted cell is not a failed one
+    _resume(tmp_path / "m")
+    assert (tmp_path / "m" / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
 
 
 def test_two_workers_write_the_same_metrics_as_one(tmp_path, reference):
@@ -230,3 +250,13 @@ def test_meta_records_the_commit_at_the_start(tmp_path, toy, monkeypatch):
 def test_sen_study_refuses_another_model(tmp_path):
     with pytest.raises(ConfigError, match="keep model=sen"):
         runner.run_study("sen", overrides=["model=conv", f"out_dir={tmp_path}"])
+
+
+def test_ray_executor_stores_the_same_study(tmp_path):
+    """A local Ray instance (2 CPUs) runs each cell as a task; the driver stores them; same metrics."""
+    pytest.importorskip("ray")
+    over = ["data=digits", "quick=true", "seeds=2", "models=('dense','conv')", f"out_dir={tmp_path}"]
+    local = runner.run_study("features", overrides=over + ["workers=1", "name=local"])
+    ray_run = runner.run_study("features", overrides=over + ["executor=ray", "workers=2", "name=ray"])
+    assert (ray_run / "metrics.json").read_bytes() == (local / "metrics.json").read_bytes()
+    assert len(list((ray_run / "cells").glob("*.json"))) == 4

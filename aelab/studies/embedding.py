@@ -87,7 +87,8 @@ def linear_vs_pca(cfg: EmbeddingConfig, splits, seed: int) -> dict[str, float]:
     return {"linear_ae": ae_mse, "pca": pca_mse, "ratio": ae_mse / pca_mse}
 
 
-ROUTES = {"pixels": ("pca_pixels", "tsne_pixels"), "ae": ("ae_tsne", "ae_umap"), "ae_2d": ("ae_2d",)}
+ROUTES = {"pixels": ("pca_pixels", "tsne_pixels"), "ae": ("ae_tsne", "ae_umap"), "ae_2d": ("ae_2d",)}  # by cell
+GROUP = {r: g for g, routes in ROUTES.items() for r in routes}
 
 
 def held_out_points(cfg: EmbeddingConfig, splits, seed: int):
@@ -116,24 +117,6 @@ def route_maps(cfg: EmbeddingConfig, group: str, splits, test, pixels: np.ndarra
     return maps
 
 
-def thumbnail_rows(n_points: int, n: int, seed: int) -> np.ndarray:
-    """Which of the mapped points get their image drawn on the scatter plots."""
-    return np.random.default_rng(seed).choice(n_points, min(n, n_points), replace=False)
-
-
-def with_thumbnails(fig, emb: np.ndarray, images: np.ndarray):
-    """Draw the (n, C, H, W) `images` at their 2-D positions `emb` (n, 2) on the scatter's axes."""
-    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
-
-    ax = fig.axes[0]
-    zoom = 16 / images.shape[-1] if images.shape[-1] < 16 else 0.6
-    for pos, image in zip(emb, images):
-        img = image.transpose(1, 2, 0).squeeze()
-        box = OffsetImage(img, cmap="gray_r" if img.ndim == 2 else None, zoom=zoom)
-        ax.add_artist(AnnotationBbox(box, pos, frameon=True, pad=0.1))
-    return fig
-
-
 @register_study("embedding")
 class EmbeddingStudy(Study):
     Config = EmbeddingConfig
@@ -155,48 +138,31 @@ class EmbeddingStudy(Study):
         if cell.seed == cfg.seed:  # the figures: the first seed's maps, labels and thumbnail images
             out |= {f"map.{route}": m for route, m in maps.items()}
             if cell.arm == "pixels":
-                thumbs = thumbnail_rows(len(labels), cfg.thumbnails, cfg.seed)
+                thumbs = np.random.default_rng(cfg.seed).choice(len(labels), min(cfg.thumbnails, len(labels)), replace=False)
                 out |= {"labels": labels, "thumb_rows": thumbs, "thumbs": test.x[torch.as_tensor(thumbs)].cpu().numpy(),
                         "classes": list(ctx.dataset(cfg).classes)}
         return out
 
     def summarize(self, cfg: EmbeddingConfig, results: Results, out: Path) -> dict:
-        per_seed = []
-        for seed in seeds_of(cfg):
-            scores = {}
-            for group in ROUTES:
-                scores |= results.one(arm=group, seed=seed)["scores"]
-            lin = results.one(arm="linear", seed=seed)
-            per_seed.append(scores | {"linear_vs_pca": {k: lin[k] for k in ("linear_ae", "pca", "ratio")}})
-        first = {group: results.one(arm=group, seed=cfg.seed) for group in ROUTES}
-        px = first["pixels"]
-        classes = px["classes"] or None
-        for group, row in first.items():
-            for route in ROUTES[group]:
-                if f"map.{route}" in row:
-                    emb = row[f"map.{route}"]
-                    fig = plots.scatter_2d(emb, px["labels"], f"{route} ({len(emb)} test points, seed {cfg.seed})", classes)
-                    plots.save(with_thumbnails(fig, emb[px["thumb_rows"]], px["thumbs"].astype(np.float32) / 255),
-                               out / "figures" / f"scatter_{route}.png")
-        return summarise(per_seed, cfg, len(px["labels"]))
-
-
-def summarise(per_seed: list[dict], cfg: EmbeddingConfig, points: int) -> dict:
-    """Per route and metric, a summary over seeds; the best AE route; the bar's verdicts."""
-    routes = [r for r in per_seed[0] if r != "linear_vs_pca"]
-    out: dict = {"points": points, "knn_protocol": "5-fold CV within the held-out test subsample",
-                 "trust_reference": "pixels, 5 neighbours"}
-    for r in routes:
-        out[r] = {m: stats.summary([s[r][m] for s in per_seed]) for m in ("knn1", "knn5", "trust")}
-    out["linear_vs_pca"] = {m: stats.summary([s["linear_vs_pca"][m] for s in per_seed])
-                            for m in ("linear_ae", "pca", "ratio")}
-    ae_routes = [r for r in routes if r.startswith("ae_") and r != "ae_2d"]
-    best = max(ae_routes, key=lambda r: out[r]["knn5"]["mean"])
-    out["best_ae_route"] = best
-    k5, tr = out[best]["knn5"]["mean"], out[best]["trust"]["mean"]
-    met = "met" if k5 >= 0.80 and tr >= 0.98 else "not met"
-    out["bar"] = f"{best}: 2-D 5-NN {k5:.3f} (bar 0.80), trustworthiness {tr:.3f} (bar 0.98): {met}"
-    for r in ("tsne_pixels", "ae_2d"):
-        diff = stats.paired([s[best]["knn5"] for s in per_seed], [s[r]["knn5"] for s in per_seed])
-        out[f"{best}_vs_{r}_knn5"] = {"diff": diff, "verdict": f"{best} is {stats.verdict(diff)} than {r} (5-NN)"}
-    return out
+        """Per route and metric, a summary over seeds; the best AE route; the bar's verdicts; the figures."""
+        done = [r for g in ROUTES for r in ROUTES[g] if r in results.one(arm=g, seed=cfg.seed)["scores"]]
+        col = lambda r, m: [row["scores"][r][m] for row in sorted(results.where(arm=GROUP[r]), key=lambda x: x["seed"])]  # noqa: E731
+        px = results.one(arm="pixels", seed=cfg.seed)
+        res: dict = {"points": len(px["labels"]), "knn_protocol": "5-fold CV within the held-out test subsample",
+                     "trust_reference": "pixels, 5 neighbours"}
+        res |= {r: {m: stats.summary(col(r, m)) for m in ("knn1", "knn5", "trust")} for r in done}
+        res["linear_vs_pca"] = {m: stats.summary(results.column(m, arm="linear")) for m in ("linear_ae", "pca", "ratio")}
+        best = max((r for r in done if r in ROUTES["ae"]), key=lambda r: res[r]["knn5"]["mean"])
+        k5, tr = res[best]["knn5"]["mean"], res[best]["trust"]["mean"]
+        res["best_ae_route"] = best
+        res["bar"] = (f"{best}: 2-D 5-NN {k5:.3f} (bar 0.80), trustworthiness {tr:.3f} (bar 0.98): "
+                      f"{'met' if k5 >= 0.80 and tr >= 0.98 else 'not met'}")
+        for r in ("tsne_pixels", "ae_2d"):
+            diff = stats.paired(col(best, "knn5"), col(r, "knn5"))
+            res[f"{best}_vs_{r}_knn5"] = {"diff": diff, "verdict": f"{best} is {stats.verdict(diff)} than {r} (5-NN)"}
+        for r in done:  # the first seed's maps, with a few test images drawn where they landed
+            emb = results.one(arm=GROUP[r], seed=cfg.seed)[f"map.{r}"]
+            fig = plots.scatter_2d(emb, px["labels"], f"{r} ({len(emb)} test points, seed {cfg.seed})", px["classes"] or None)
+            plots.save(plots.add_thumbnails(fig, emb[px["thumb_rows"]], px["thumbs"].astype(np.float32) / 255),
+                       out / "figures" / f"scatter_{r}.png")
+        return res

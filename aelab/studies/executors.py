@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..engine import TrainingInterrupted
 from ..errors import AelabError, ConfigError
 
 _WORKER: dict[str, Any] = {}  # this process's device (a worker's slot) and its rebuilt studies
@@ -75,6 +76,8 @@ def run_cell_task(study_name: str, cfg_doc: dict, key: str, deps: dict, folder: 
     meta = {"host": socket.gethostname(), "pid": os.getpid(), "device": _WORKER.get("device") or "auto"}
     try:
         result, seconds = compute_cell(study_name, cfg_doc, key, deps, _WORKER.get("device"))
+    except TrainingInterrupted:  # Ctrl-C / SIGTERM: the study stops; this cell is simply not stored
+        raise
     except Exception as e:  # noqa: BLE001  one cell's failure is recorded; the others go on
         if os.environ.get("AELAB_DEBUG"):
             traceback.print_exc()
@@ -178,8 +181,8 @@ class RayExecutor:
             import ray
         except ImportError:
             raise ConfigError("executor=ray needs Ray: pip install -e '.[ray]'") from None
-        self.ray = ray
-        if not ray.is_initialized():
+        self.ray, self.started = ray, not ray.is_initialized()
+        if self.started:
             addr = address or os.environ.get("RAY_ADDRESS") or None
             ray.init(address=addr, include_dashboard=False, log_to_driver=False,
                      **({} if addr else {"num_cpus": max(workers, 1) * threads}))
@@ -209,6 +212,8 @@ class RayExecutor:
     def close(self, cancel: bool = False) -> None:
         for ref in self.pending:
             self.ray.cancel(ref, force=True)
+        if self.started:  # a local instance this study started; a cluster's connection stays the caller's
+            self.ray.shutdown()
 
 
 def _ray_cell(study_name: str, cfg_doc: dict, key: str, deps: dict, config_sha: str) -> Outcome:

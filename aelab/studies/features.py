@@ -70,23 +70,21 @@ def near_zero_fraction(codes: np.ndarray, tol: float) -> float:
     return float((a < tol * a.max()).mean()) if a.max() > 0 else 1.0
 
 
-def train_model(cfg: FeaturesConfig, name: str, splits, shape, seed: int) -> tuple[nn.Module, np.ndarray, dict]:
+def measure(cfg: FeaturesConfig, name: str, splits, seed: int, figures: bool) -> dict:
+    """Train one model; its code's near-zero share and test BCE (and the first seed's figure images)."""
+    shape = tuple(splits.train.x.shape[1:])
     torch.manual_seed(seed)
     model = build_model(name, shape)
     fit(model, splits.train, with_min_steps(cfg.train, len(splits.train), cfg.min_steps), seed=seed)
     codes = encode_all(model, splits.test).numpy()  # (N_test, D)
-    m = {"near_zero": near_zero_fraction(codes, cfg.zero_tol), "test_bce": evaluate(model, splits.test)["bce"],
-         "code_dim": codes.shape[1]}
-    return model, codes, m
-
-
-def figure_arrays(cfg: FeaturesConfig, model: nn.Module, codes: np.ndarray, test_x: torch.Tensor, shape) -> dict:
-    """The first seed's figure inputs: weight tiles and the top-activating test images (uint8)."""
-    tiles = first_layer_tiles(model, shape)[:64]
-    alive = np.flatnonzero(codes.max(0) > codes.min(0))  # units that vary at all; dead units show nothing
-    units = alive[np.argsort(-codes[:, alive].var(0))][:cfg.units]  # the most variable units
-    idx = top_activating(codes[:, units], cfg.top)  # (U, top)
-    return {"tiles": tiles, "top_images": test_x[torch.as_tensor(idx.ravel())].cpu().numpy()}
+    out = {"near_zero": near_zero_fraction(codes, cfg.zero_tol), "test_bce": evaluate(model, splits.test)["bce"],
+           "code_dim": codes.shape[1]}
+    if figures:  # weight tiles, and the test images (uint8) that drive the most variable live units highest
+        alive = np.flatnonzero(codes.max(0) > codes.min(0))  # dead units show nothing
+        units = alive[np.argsort(-codes[:, alive].var(0))][:cfg.units]
+        idx = top_activating(codes[:, units], cfg.top)  # (U, top)
+        out |= {"tiles": first_layer_tiles(model, shape)[:64], "top_images": splits.test.x[torch.as_tensor(idx.ravel())]}
+    return out
 
 
 @register_study("features")
@@ -101,10 +99,7 @@ class FeaturesStudy(Study):
         return [Cell(name, seed) for seed in seeds_of(cfg) for name in cfg.models]
 
     def run_cell(self, cfg: FeaturesConfig, cell: Cell, ctx: CellContext) -> dict:
-        splits = ctx.data(cfg, seed=cell.seed)
-        shape = tuple(splits.train.x.shape[1:])
-        model, codes, m = train_model(cfg, cell.arm, splits, shape, cell.seed)
-        return m | (figure_arrays(cfg, model, codes, splits.test.x, shape) if cell.seed == cfg.seed else {})
+        return measure(cfg, cell.arm, ctx.data(cfg, seed=cell.seed), cell.seed, figures=cell.seed == cfg.seed)
 
     def summarize(self, cfg: FeaturesConfig, results: Results, out: Path) -> dict:
         result: dict = {"zero_tol": cfg.zero_tol}
@@ -112,21 +107,16 @@ class FeaturesStudy(Study):
             result[name] = {m: stats.summary(results.column(m, arm=name)) for m in ("near_zero", "test_bce")}
             result[name]["code_dim"] = results.column("code_dim", arm=name)[0]
             first = results.one(arm=name, seed=cfg.seed)
-            draw(cfg, name, first["tiles"], first["top_images"], out)
+            plots.save(plots.image_grid(first["tiles"], nrow=8, title=f"{name}: first-layer weights", normalize=True),
+                       out / "figures" / f"weights_{name}.png")
+            plots.save(plots.image_grid(first["top_images"] / 255, nrow=cfg.top,
+                                        title=f"{name}: top-{cfg.top} test images per code unit (one row each)"),
+                       out / "figures" / f"top_{name}.png")
         if "sparse" in cfg.models and "dense" in cfg.models:  # what sparsity does to the code (paired by seed)
             diff = stats.paired(results.column("near_zero", arm="sparse"), results.column("near_zero", arm="dense"))
             result["sparse_vs_dense_near_zero"] = {
                 "diff": diff, "verdict": f"sparse has {_more(stats.verdict(diff))} near-zero codes than dense"}
         return result
-
-
-def draw(cfg: FeaturesConfig, name: str, tiles: np.ndarray, top_images: np.ndarray, out: Path) -> None:
-    """Weights tiles and the top-activating grid of one model (the first seed's)."""
-    plots.save(plots.image_grid(tiles, nrow=8, title=f"{name}: first-layer weights", normalize=True),
-               out / "figures" / f"weights_{name}.png")
-    plots.save(plots.image_grid(top_images.astype(np.float32) / 255, nrow=cfg.top,
-                                title=f"{name}: top-{cfg.top} test images per code unit (one row each)"),
-               out / "figures" / f"top_{name}.png")
 
 
 def _more(verdict: str) -> str:

@@ -1,10 +1,11 @@
 """few-label: unsupervised (denoising) AE pretraining for a classifier with few labels (seed 002, 004 Q2/Q8).
 
-Per seed: pretrain a denoising AE on every training image, labels unused; then for each label budget
-(k labels per class, and fractions of the training set) train a classifier three ways (from scratch,
-the pretrained encoder fine-tuned, the frozen encoder with a linear probe) and, as baselines in the
-same run, logistic regression on pixels and on PCA. Test accuracy, mean ± CI over seeds (the labelled
-subset is the same for every route of a seed). Q8: with 10% of the labels, how close does the
+Cells: per seed, a `pretrain` cell trains a denoising AE on every training image (labels unused) and
+stores its weights; then per label budget (k labels per class, and fractions of the training set)
+one cell per route: a classifier three ways (from scratch, the pretrained encoder fine-tuned, the
+frozen encoder with a linear probe) and, as baselines, logistic regression on pixels and on PCA.
+Test accuracy, mean ± CI over seeds (the labelled subset is the same for every route of a seed); the
+best route is chosen by validation accuracy. Q8: with 10% of the labels, how close does the
 pretrained classifier come to the one trained on all of them (paired difference)?
 
     aelab study few-label data=fashion-mnist            # ~30+ min on 2 CPU cores (estimate); quick=true less
@@ -22,13 +23,13 @@ from sklearn.linear_model import LogisticRegression
 from .. import stats
 from ..classify import MODES, accuracy, train_classifier, with_min_steps
 from ..config import TrainConfig
-from ..data.device import hide_labels
+from ..data.device import hide_labels, split_rows
 from ..engine import fit
 from ..errors import ConfigError
 from ..models import build_model
 from ..report import plots
-from .base import (Cell, CellContext, Results, Study, StudyConfig, load_state_arrays, register_study, seeds_of,
-                   state_arrays)
+from .base import (Cell, CellContext, Results, Study, StudyConfig, dataset_of, load_state_arrays, register_study,
+                   seeds_of, state_arrays)
 
 BASELINES = ("logreg_pixels", "logreg_pca")
 
@@ -75,9 +76,6 @@ def labelled_rows(y: np.ndarray, k: int, fraction: float, seed: int) -> np.ndarr
     return np.flatnonzero(hide_labels(y, k, fraction, seed) >= 0)
 
 
-GROUPS = (*MODES, "baselines")  # a cell per budget, seed and group: each neural route, then both logregs
-
-
 @dataclass(frozen=True)
 class BudgetCell(Cell):
     budget: str = ""  # "k10" (10 labels per class) or "p10" (10% of the training set)
@@ -89,95 +87,76 @@ def build_ae(cfg: FewLabelConfig, shape, num_classes: int):
     return build_model(mcfg, shape, num_classes)
 
 
-def pretrained(cfg: FewLabelConfig, row: dict, shape, num_classes: int):
-    """The seed's pretrained AE, rebuilt from the weights its `pretrain` cell stored."""
-    return load_state_arrays(build_ae(cfg, shape, num_classes), row)
-
-
-def pretrain(cfg: FewLabelConfig, splits, num_classes: int, seed: int) -> dict:
-    """A denoising AE on every training image (labels unused); its weights, stored for the budgets' cells."""
-    torch.manual_seed(seed)
-    ae = build_ae(cfg, tuple(splits.train.x.shape[1:]), num_classes)
-    fit(ae, splits.train, with_min_steps(cfg.train, len(splits.train), cfg.min_steps), seed=seed)
-    return state_arrays(ae)
-
-
-def route_accuracy(cfg: FewLabelConfig, cell: BudgetCell, ctx: CellContext, plan: dict) -> dict:
-    """Validation and test accuracy of one group (a classifier route, or both logregs) at one budget."""
+def route_accuracy(cfg: FewLabelConfig, cell: BudgetCell, ctx: CellContext) -> dict:
+    """Validation and test accuracy of one route at one budget (the seed's labelled rows)."""
     splits, ds = ctx.data(cfg, seed=cell.seed), ctx.dataset(cfg)
-    k, frac = plan[cell.budget]
+    k, frac = next((k, f) for name, k, f in budgets(cfg, ctx.data(cfg).train.y.cpu().numpy()) if name == cell.budget)
     rows = labelled_rows(splits.train.y.cpu().numpy(), k, frac, cell.seed)
-    out: dict = {"n_labels": len(rows)}
     if cell.arm in MODES:
-        ae = pretrained(cfg, ctx.deps[BudgetCell("pretrain", cell.seed).key], ds.shape, ds.num_classes)
+        ae = load_state_arrays(build_ae(cfg, ds.shape, ds.num_classes), ctx.deps[BudgetCell("pretrain", cell.seed).key])
         clf = train_classifier(ae, splits.train.subset(rows), cell.arm, cfg.clf, num_classes=ds.num_classes,
                                min_steps=cfg.clf_min_steps, seed=cell.seed)
-        return out | {cell.arm: {"val": accuracy(clf, splits.val), "test": accuracy(clf, splits.test)}}
-    x = {name: d.x.flatten(1).float().div(255).cpu().numpy() for name, d in
-         (("train", splits.train), ("val", splits.val), ("test", splits.test))}  # (N, D) each
-    y = {name: d.y.cpu().numpy() for name, d in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
-    pca = ctx.cached(("few-label-pca", cfg.data.name, cell.seed, cfg.pca_dim),  # unsupervised, all images
-                     lambda: PCA(min(cfg.pca_dim, x["train"].shape[1]), random_state=cell.seed).fit(x["train"]))
-    for name, f in (("logreg_pixels", lambda a: a), ("logreg_pca", pca.transform)):
-        clf = LogisticRegression(max_iter=300, random_state=cell.seed).fit(f(x["train"][rows]), y["train"][rows])
-        out[name] = {part: float(clf.score(f(x[part]), y[part])) for part in ("val", "test")}
-    return out
+        return {"n_labels": len(rows), "val_acc": accuracy(clf, splits.val), "test_acc": accuracy(clf, splits.test)}
+    x = {part: getattr(splits, part).x.flatten(1).float().div(255).cpu().numpy() for part in ("train", "val", "test")}
+    y = {part: getattr(splits, part).y.cpu().numpy() for part in ("train", "val", "test")}
+    f = lambda a: a  # noqa: E731  logreg on pixels, or on a PCA fitted to every training image (no labels)
+    if cell.arm == "logreg_pca":
+        f = ctx.cached(("few-label-pca", cfg.data.name, cell.seed, cfg.pca_dim), lambda: PCA(
+            min(cfg.pca_dim, x["train"].shape[1]), random_state=cell.seed).fit(x["train"])).transform
+    clf = LogisticRegression(max_iter=300, random_state=cell.seed).fit(f(x["train"][rows]), y["train"][rows])
+    return {"n_labels": len(rows), **{f"{p}_acc": float(clf.score(f(x[p]), y[p])) for p in ("val", "test")}}
 
 
 @register_study("few-label")
 class FewLabelStudy(Study):
     Config = FewLabelConfig
-    headline = "n_labels"
+    headline = "test_acc"
 
     def preset(self, cfg: FewLabelConfig) -> FewLabelConfig:
         return replace(cfg, train=replace(cfg.train, epochs=min(cfg.train.epochs, 5)),
                        clf=replace(cfg.clf, epochs=2), clf_min_steps=150, min_steps=min(cfg.min_steps, 500))
 
     def cells(self, cfg: FewLabelConfig) -> list[Cell]:
-        pre = [BudgetCell("pretrain", seed) for seed in seeds_of(cfg)]
-        return pre + [BudgetCell(g, seed, budget=name) for seed in seeds_of(cfg) for name, _, _ in all_budgets(cfg)
-                      for g in GROUPS]
+        plan = budgets(cfg, train_labels(cfg))  # budgets larger than the smallest class are skipped
+        return [BudgetCell("pretrain", s) for s in seeds_of(cfg)] + \
+            [BudgetCell(r, s, budget=name) for s in seeds_of(cfg) for name, _, _ in plan for r in (*MODES, *BASELINES)]
 
     def needs(self, cfg: FewLabelConfig, cell: Cell) -> list[Cell]:
         return [BudgetCell("pretrain", cell.seed)] if cell.arm in MODES else []
 
     def run_cell(self, cfg: FewLabelConfig, cell: BudgetCell, ctx: CellContext) -> dict:
-        ds = ctx.dataset(cfg)
-        if cell.arm == "pretrain":
-            return pretrain(cfg, ctx.data(cfg, seed=cell.seed), ds.num_classes, cell.seed)
-        plan = {name: (k, f) for name, k, f in budgets(cfg, ctx.data(cfg).train.y.cpu().numpy())}
-        if cell.budget not in plan:  # more labels per class than the smallest class has
-            return {"skipped": True}
-        return route_accuracy(cfg, cell, ctx, plan)
+        if cell.arm != "pretrain":
+            return route_accuracy(cfg, cell, ctx)
+        splits, ds = ctx.data(cfg, seed=cell.seed), ctx.dataset(cfg)
+        torch.manual_seed(cell.seed)  # a denoising AE on every training image, labels unused
+        ae = build_ae(cfg, ds.shape, ds.num_classes)
+        fit(ae, splits.train, with_min_steps(cfg.train, len(splits.train), cfg.min_steps), seed=cell.seed)
+        return state_arrays(ae)
 
     def summarize(self, cfg: FewLabelConfig, results: Results, out: Path) -> dict:
-        done = results.where(skipped=None)  # budgets a class could give
-        plan = [(name, k, f) for name, k, f in all_budgets(cfg) if done.where(budget=name).rows]
-        per_seed = []
-        for seed in seeds_of(cfg):
-            per_seed.append({name: {key: v for r in results.where(budget=name, seed=seed) for key, v in r.items()
-                                    if key in (*MODES, *BASELINES, "n_labels")} for name, _, _ in plan})
-        result = summarise(per_seed, plan, cfg)
+        plan = budgets(cfg, train_labels(cfg))
+        result = summarise(results, plan, cfg)
         draw(result, plan, out)
         return result
 
 
-def all_budgets(cfg: FewLabelConfig) -> list[tuple[str, int, float]]:
-    """Every configured budget (whether it fits the data is decided in the cells)."""
-    return [(f"k{k}", k, 0.0) for k in cfg.labels_per_class] + [(f"p{round(f * 100)}", 0, f) for f in cfg.fractions]
+def train_labels(cfg: FewLabelConfig) -> np.ndarray:
+    """The labels of the study seed's training split (which budgets fit is decided on it)."""
+    y = dataset_of(cfg).y_train
+    return y[split_rows(len(y), cfg.data.val_fraction, cfg.seed)[0]]
 
 
-def summarise(per_seed: list[dict], plan, cfg: FewLabelConfig) -> dict:
+def summarise(results: Results, plan, cfg: FewLabelConfig) -> dict:
     """Per budget and route, test accuracy over seeds; the fewest-labels verdict and Q8's gap, with the
     route chosen by validation accuracy and reported on test."""
     routes = (*MODES, *BASELINES)
     skipped = [f"k{k}" for k in cfg.labels_per_class if f"k{k}" not in {p[0] for p in plan}]
     res: dict = {"routes": list(routes), "skipped_budgets": skipped}  # larger than the smallest class
-    test = lambda name, r: [s[name][r]["test"] for s in per_seed]  # noqa: E731  (paired by seed)
-    val = lambda name, r: float(np.mean([s[name][r]["val"] for s in per_seed]))  # noqa: E731
+    test = lambda name, r: results.column("test_acc", arm=r, budget=name)  # noqa: E731  (paired by seed)
+    val = lambda name, r: float(np.mean(results.column("val_acc", arm=r, budget=name)))  # noqa: E731
     for name, _, _ in plan:
-        res[name] = {"n_labels": per_seed[0][name]["n_labels"], **{r: stats.summary(test(name, r)) for r in routes},
-                     "val_mean": {r: val(name, r) for r in routes}}
+        res[name] = {"n_labels": results.column("n_labels", arm="logreg_pixels", budget=name)[0],
+                     **{r: stats.summary(test(name, r)) for r in routes}, "val_mean": {r: val(name, r) for r in routes}}
     first = plan[0][0]
     best = max(MODES, key=lambda r: val(first, r))
     diff = stats.paired(test(first, best), test(first, "logreg_pixels"))

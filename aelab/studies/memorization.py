@@ -116,23 +116,6 @@ def _train(cfg: MemorizationConfig, over: dict, data: DeviceData, seed: int, tes
     return model, curve
 
 
-def _measure(model, train: DeviceData, test: DeviceData, cfg: MemorizationConfig, ref: dict,
-             seed: int) -> tuple[dict, torch.Tensor]:
-    """Every per-run metric of a trained classifier (see the module docstring)."""
-    p_tr, ce_tr = ms.per_example(model, train)
-    p_te, ce_te = ms.per_example(model, test)
-    y_tr, y_te = train.y.cpu().numpy(), test.y.cpu().numpy()
-    acc_tr, acc_te = float((p_tr.argmax(1) == y_tr).mean()), float((p_te.argmax(1) == y_te).mean())
-    m = min(len(ce_tr), len(ce_te))
-    rng = np.random.default_rng(seed)
-    mia = ms.mia_advantage(rng.permutation(ce_tr)[:m], rng.permutation(ce_te)[:m])
-    err, recons = ms.train_probe(model, train, test, cfg.probe_features, seed)
-    out = {"test_acc": acc_te, "train_acc": acc_tr, "gap_acc": acc_tr - acc_te,
-           "gap_ce": float(ce_te.mean() - ce_tr.mean()), "ece": ms.ece(p_te, y_te), "mia_adv": mia,
-           "probe_mse": err, "probe_score": ms.probe_scale(err, ref["class_mean_mse"], ref["ae_mse"])}
-    return out, recons
-
-
 def _subset(train: DeviceData, n: int, seed: int) -> DeviceData:
     if n == 0 or n >= len(train):
         return train
@@ -223,7 +206,7 @@ def _one_run(cfg: MemorizationConfig, cell: Cell, over: dict, splits, classes: i
     cm_err, means = ms.class_mean_error(sub, splits.test, classes)
     ref = {"class_mean_mse": cm_err, "ae_mse": ae_err}
     model, curve = _train(cfg, over, sub, cell.seed, splits.test if show else None)
-    rec, recons = _measure(model, sub, splits.test, cfg, ref, cell.seed)
+    rec, recons = ms.measure(model, sub, splits.test, cfg.probe_features, ref, cell.seed)
     rec |= {f"ref_{k}": v for k, v in ref.items()} | {"n_train": len(sub), "chosen": over}
     if cell.n in {m if 0 < m < len(splits.train) else 0 for m in cfg.noise_sizes}:
         rec |= _noise_run(cfg, over, sub, splits.test, cell.seed, classes)

@@ -146,3 +146,21 @@ def _ridge(gram: torch.Tensor, cross: torch.Tensor, alpha: float) -> torch.Tenso
     """Ridge weights from F^T F and F^T X; alpha is relative to the mean feature energy."""
     eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
     return torch.linalg.solve(gram + alpha * gram.diagonal().mean() * eye, cross)
+
+
+def measure(model, train: DeviceData, test: DeviceData, probe_features: int, ref: dict,
+            seed: int) -> tuple[dict, torch.Tensor]:
+    """Every per-run metric of a trained classifier (memorization.py's docstring), and its probe's
+    reconstructions of the test images."""
+    p_tr, ce_tr = per_example(model, train)
+    p_te, ce_te = per_example(model, test)
+    y_tr, y_te = train.y.cpu().numpy(), test.y.cpu().numpy()
+    acc_tr, acc_te = float((p_tr.argmax(1) == y_tr).mean()), float((p_te.argmax(1) == y_te).mean())
+    m = min(len(ce_tr), len(ce_te))
+    rng = np.random.default_rng(seed)
+    mia = mia_advantage(rng.permutation(ce_tr)[:m], rng.permutation(ce_te)[:m])
+    err, recons = train_probe(model, train, test, probe_features, seed)
+    out = {"test_acc": acc_te, "train_acc": acc_tr, "gap_acc": acc_tr - acc_te,
+           "gap_ce": float(ce_te.mean() - ce_tr.mean()), "ece": ece(p_te, y_te), "mia_adv": mia,
+           "probe_mse": err, "probe_score": probe_scale(err, ref["class_mean_mse"], ref["ae_mse"])}
+    return out, recons

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..atomic import atomic_write_text
 from ..config import apply_overrides, from_dict, make_config, to_dict, _flatten
+from ..engine import TrainingInterrupted
 from ..errors import AelabError, CheckpointError, ConfigError
 from ..report import write_report
 from ..runs import claim_run_dir, git_commit
@@ -169,7 +170,7 @@ def _execute(study: Study, cfg: StudyConfig, path: Path) -> Path:
                 break
             for o in ex.wait():
                 _finish(o, grid, store, rows, failed, progress, study.headline)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TrainingInterrupted):
         ex.close(cancel=True)
         raise StudyInterrupted(f"interrupted: {len(rows)} of {len(grid)} cells are stored; "
                                f"continue with `aelab study --resume {path}`") from None

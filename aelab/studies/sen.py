@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import linalg
 
 from .. import stats
 from ..data.device import DeviceData, hide_labels, split_rows
@@ -34,6 +33,7 @@ from ..errors import ConfigError
 from ..models import build_model
 from ..models.sen import SEN, SENConfig
 from ..report import plots
+from .sen_gan import batch_size_summary, frechet_pca, gan_frechet, subsample  # noqa: F401 (frechet_pca: tests)
 from .base import Cell, CellContext, Results, Study, StudyConfig, dataset_of, register_study, seeds_of
 
 ABLATIONS = {"no-gan": {"gan_round": False}, "no-ae": {"ae_round": False},
@@ -84,9 +84,9 @@ class SENStudy(Study):
 
     def run_cell(self, cfg: SENStudyConfig, cell: Cell, ctx: CellContext) -> dict:
         splits = ctx.data(cfg)
-        train, k = _subsample(splits.train, cfg.n_train, cfg.seed), ctx.dataset(cfg).num_classes
+        train, k = subsample(splits.train, cfg.n_train, cfg.seed), ctx.dataset(cfg).num_classes
         if cell.arm == "gan-batch-size":
-            return {"fd": _gan_frechet(cfg, train, splits.test, k, cell.n, cell.seed)}
+            return {"fd": gan_frechet(cfg, train, splits.test, k, cell.n, cell.seed)}
         shown = cell.seed == cfg.seed and cell.n == cfg.labels[0] and cell.arm == "sen+pl"
         figures: dict = {}
         model = _train_arm(cfg, train, cell.n, k, cell.seed, _arms(cfg, cell.n)[cell.arm],
@@ -101,7 +101,7 @@ class SENStudy(Study):
         metrics = {"accuracy": acc, "comparisons": _comparisons(results, cfg.labels), "bar": _bar(results, cfg)}
         _figures(results, cfg, out)
         if cfg.batch_sizes:
-            metrics["batch_size"] = _batch_size_summary(results, cfg, out)
+            metrics["batch_size"] = batch_size_summary(results, cfg, out)
         return metrics
 
 
@@ -244,53 +244,3 @@ def _figures(results: Results, cfg: SENStudyConfig, out: Path) -> None:
         plots.save(plots.image_grid(shown["directed_grid"], 10, "directed generator: one row per class"),
                    fig / "directed_grid.png")
     plots.save_gif(list(shown["morph"]), fig / "latent_morph.gif")
-
-
-def _subsample(data: DeviceData, n: int, seed: int) -> DeviceData:
-    if not n or n >= len(data):
-        return data
-    g = torch.Generator().manual_seed(seed)
-    return data.subset(torch.randperm(len(data), generator=g)[:n].sort().values)
-
-
-def frechet_pca(a: np.ndarray, b: np.ndarray, comps: int = 20) -> float:
-    """Frechet distance between Gaussians fitted to a and b (N, D) in b's top-`comps` PCA space."""
-    mu = b.mean(0)
-    _, _, vt = np.linalg.svd(b - mu, full_matrices=False)
-    pa, pb = (a - mu) @ vt[:comps].T, (b - mu) @ vt[:comps].T
-    ca, cb = np.cov(pa, rowvar=False), np.cov(pb, rowvar=False)
-    root = linalg.sqrtm(ca @ cb).real
-    return float(((pa.mean(0) - pb.mean(0)) ** 2).sum() + np.trace(ca + cb - 2 * root))
-
-
-def _gan_frechet(cfg: SENStudyConfig, train: DeviceData, test: DeviceData, k: int, bs: int, seed: int) -> float:
-    """Train the GAN (AE + GAN rounds, undirected) at batch size `bs` on `bs_images` images; the PCA-Frechet
-    distance of its samples to 1,000 test images."""
-    sub = _subsample(train, cfg.bs_images, cfg.seed)
-    real = test.batch(slice(0, 1000))["x"].float().cpu().numpy().reshape(min(1000, len(test)), -1)
-    torch.manual_seed(seed)
-    m = build_model(dataclasses.replace(cfg.model, clf_round=False, directed=False), train.x.shape[1:], k)
-    fit(m, sub, dataclasses.replace(cfg.train, epochs=1, batch_size=bs, progress="off"), seed=seed)
-    m.eval()
-    with torch.no_grad():
-        fake = torch.sigmoid(m.generate(len(real))).float().cpu().numpy().reshape(len(real), -1)
-    return frechet_pca(fake, real)
-
-
-def _batch_size_summary(results: Results, cfg: SENStudyConfig, out: Path) -> dict:
-    fd = {bs: results.column("fd", arm="gan-batch-size", n=bs) for bs in cfg.batch_sizes}
-    res = {f"fd@{bs}": stats.summary(v) for bs, v in fd.items()}
-    best = min(fd, key=lambda b: np.mean(fd[b]))
-    small, large = min(cfg.batch_sizes), max(cfg.batch_sizes)
-    if small != large:
-        d = stats.paired(fd[small], fd[large])
-        res[f"fd@{small} - fd@{large}"] = d
-        res["verdict"] = (f"lowest mean Frechet distance at batch size {best}; batch size {small} vs {large}: "
-                          f"{stats.verdict(d, higher_is_better=False)}")
-    x = list(cfg.batch_sizes)
-    plots.save(plots.metric_vs(x, {"PCA-Frechet": (np.array([np.mean(fd[b]) for b in x]),
-                                                   np.array([np.std(fd[b]) for b in x]))},
-                               "batch size", "Frechet distance (lower is better)",
-                               f"GAN samples vs batch size ({cfg.bs_images} images each)", logx=True),
-               out / "figures" / "batch_size.png")
-    return res
