@@ -48,6 +48,7 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, fused: bo
 
 def diverged(where: str, terms: dict[str, Any], extra: str = "") -> TrainingDiverged:
     shown = ", ".join(f"{k}={_show(v)}" for k, v in terms.items())
+    extra = f"{extra} " if extra else ""
     return TrainingDiverged(f"training diverged at {where} {extra}({shown}); the last good checkpoint "
                             "is untouched: lower train.lr, set train.grad_clip, or train.max_bad_steps")
 
@@ -108,7 +109,7 @@ class Stepper:
         ok = self._finite_or_skip(p.params, out, step, state, scaled=scaler is not None)
         if ok:
             scaler.step(opt) if scaler else opt.step()  # the scaler skips a step with inf gradients itself
-        if scaler and (ok or self.sync_check):
+        if scaler:  # a skipped step was unscaled (ok is False only with the sync check): update may run
             scaler.update()
         return ok
 
@@ -118,7 +119,9 @@ class Stepper:
         if not self.sync_check:
             return True
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or math.inf)
-        finite = torch.isfinite(out["loss"]).all() & (True if scaled else torch.isfinite(norm))
+        finite = torch.isfinite(out["loss"]).all()
+        if not scaled:
+            finite = finite & torch.isfinite(norm)
         if self.cfg.max_bad_steps and not bool(finite):
             state.skipped += 1
             if state.skipped > self.cfg.max_bad_steps:

@@ -147,10 +147,10 @@ def test_encode_all_shape(blob_splits):
 
 
 class NaNOnce(Autoencoder):
-    """A dense autoencoder whose third step's loss is NaN; it records every finite loss it returns."""
+    """An autoencoder whose third step's loss is NaN; it records every finite loss it returns."""
 
-    def __init__(self):
-        inner = build_model("dense", (1, 8, 8))
+    def __init__(self, name="dense"):
+        inner = build_model(name, (1, 8, 8))
         super().__init__(inner.cfg, (1, 8, 8))
         self.encoder, self.decoder = inner.encoder, inner.decoder
         self.calls, self.finite = 0, []
