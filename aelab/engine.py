@@ -51,13 +51,17 @@ def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
 
 def _loss_term(out: dict[str, torch.Tensor]) -> torch.Tensor:
     """This step's loss, summed over the players that stepped (keys `loss` or `<player>.loss`) and seeds."""
+    loss = out.get("loss")
+    if loss is not None and loss.ndim == 0:  # one player, one seed: no extra op in the hot loop
+        return loss
     return sum(v.sum() for k, v in out.items() if k == "loss" or k.endswith(".loss"))
 
 
-def _first_non_finite(trace: torch.Tensor, sums: dict[str, torch.Tensor], first_step: int, epoch: int) -> str | None:
+def _first_non_finite(trace: list[torch.Tensor], sums: dict[str, torch.Tensor], first_step: int,
+                      epoch: int) -> str | None:
     """Where training diverged ("step N", or "epoch E" when only a logged term went bad), or None.
     A NaN or inf in any step's loss term stays in the epoch's sums, so checking once an epoch suffices."""
-    bad = ~torch.isfinite(trace)
+    bad = ~torch.isfinite(torch.stack(trace)) if trace else torch.zeros(1, dtype=torch.bool)
     if bool(bad.any()):
         return f"step {first_step + int(bad.int().argmax())}"
     if sums and not bool(torch.isfinite(torch.cat([v.float().reshape(-1) for v in sums.values()])).all()):
@@ -161,8 +165,8 @@ class _Loop:
         self.feed.start_epoch(epoch, self.partial)
         sums = {k[5:]: v.to(self.device) for k, v in self.partial.items() if k.startswith("sums.")}
         self.partial = {}
-        first_step = state.step - state.batch  # the step number of this epoch's batch 0
-        trace = torch.zeros(self.per_epoch, device=self.device)  # each step's loss, read at the end: no sync
+        first_step = state.step  # the step of trace[0] (batch 0, or where a mid-epoch checkpoint resumes)
+        trace: list[torch.Tensor] = []  # each step's loss, stacked and read at the end: no sync
         t0 = time.perf_counter()
         self.progress.start_epoch(epoch)
         for i in range(state.batch, self.per_epoch):
@@ -171,9 +175,10 @@ class _Loop:
             if ok:  # a skipped non-finite step (train.max_bad_steps) counts in no sum
                 for k, v in out.items():
                     sums[k] = sums[k] + v if k in sums else v
-                trace[i] = _loss_term(out)
+                trace.append(_loss_term(out))
             else:
                 state.epoch_skipped += 1
+                trace.append(torch.zeros((), device=self.device))
             state.step += 1
             state.batch = i + 1
             self.progress.step(i, sums)
@@ -212,7 +217,7 @@ class _Loop:
             ckpt.save_training(self.path, self.model, s.opts, s.scalers, asdict(self.state), self.best_weights,
                                self.meta, loop_tensors or {})
 
-    def _interrupted(self, sums: dict[str, torch.Tensor], trace: torch.Tensor) -> None:
+    def _interrupted(self, sums: dict[str, torch.Tensor], trace: list[torch.Tensor]) -> None:
         """SIGINT/SIGTERM after a finished step: checkpoint mid-epoch (if the loss is still finite), stop."""
         name = signal.Signals(self.signals.caught).name if self.signals.caught else "a signal to another rank"
         if self.path is None:
