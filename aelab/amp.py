@@ -3,8 +3,8 @@
 `train.amp`:
   off          fp32.
   auto         CUDA: bf16 where the GPU computes in bf16 natively (Ampere and later), else fp16 with
-               a GradScaler. CPU: bf16 only where the CPU has AMX bf16 tile units (see `CPU_AUTO`),
-               else fp32.
+               a GradScaler. CPU: bf16 only for convolutional models on a CPU with AMX bf16 tile
+               units (see `CPU_AUTO` for why), else fp32.
   on           the device's low precision even where auto says no: bf16 (CUDA without native bf16:
                fp16 + GradScaler).
   bf16 / fp16  that dtype, forced (fp16 always with a GradScaler; `amp=fp16` exercises the scaler
@@ -22,10 +22,12 @@ from pathlib import Path
 
 import torch
 
-# Why CPU auto = bf16 only with AMX: on a CPU without bf16 units autocast converts every operand and
-# computes in fp32 anyway (slower than fp32, never faster); with AVX512-BF16 alone only dot products
-# speed up; AMX tiles are the matrix units the issue measured at 1.8-2.3x on conv steps. What
-# bench_train's amp arm measured where, and at what test MSE, is in benchmarks/RESULTS.md.
+# Why CPU auto = bf16 only for conv models with AMX: without bf16 units autocast converts every operand
+# and computes in fp32 anyway (bench_train's `aelab bf16` arm, forced on this project's CPU without
+# them, measured it slower: benchmarks/RESULTS.md); AVX512-BF16 alone speeds up dot products only.
+# AMX tiles are the matrix units issue 13 measured at 1.76x (a 113k-parameter conv AE) and 2.3x (a
+# 17M-parameter conv net) in a standalone bf16 step. No dense model was measured, and bench_train has
+# not yet run on an AMX machine: dense models stay fp32 by default until it has (`--amp-arm`).
 CPU_AUTO = ("amx",)
 
 
@@ -98,6 +100,10 @@ def choose(amp: str, device: torch.device, model: torch.nn.Module | None = None)
         return Precision(kind, torch.bfloat16 if amp == "bf16" else torch.float16)
     if kind == "cuda":
         return Precision(kind, torch.bfloat16 if cuda_bf16() else torch.float16)
-    if amp == "on" or (kind == "cpu" and cpu_bf16_units() in CPU_AUTO):
+    if amp == "on" or (kind == "cpu" and cpu_bf16_units() in CPU_AUTO and _convolutional(model)):
         return Precision(kind, torch.bfloat16)
     return Precision(kind)
+
+
+def _convolutional(model: torch.nn.Module | None) -> bool:
+    return model is not None and any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())

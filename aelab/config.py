@@ -65,7 +65,7 @@ class TrainConfig:
     patience: int = 0  # early stopping: epochs without validation gain (0 = off)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: Literal["auto", "on", "off"] = "auto"  # torch.compile of the step, once per architecture: auto = CUDA
-    # autocast: auto = CUDA (bf16, or fp16 + GradScaler before Ampere) and CPUs with AMX bf16 units;
+    # autocast: auto = CUDA (bf16, or fp16 + GradScaler before Ampere) and conv models on AMX CPUs;
     # bf16 / fp16 force a dtype (see aelab/amp.py); models with needs_fp32 always train in fp32
     amp: Literal["auto", "on", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = True  # conv weights in NHWC: faster oneDNN / cuDNN kernels

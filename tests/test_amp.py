@@ -13,10 +13,11 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("units, auto", [("", None), ("avx512_bf16", None), ("amx", torch.bfloat16)])
-def test_cpu_auto_is_bf16_only_with_amx_units(monkeypatch, units, auto):
+def test_cpu_auto_is_bf16_only_for_conv_models_with_amx_units(monkeypatch, units, auto):
     monkeypatch.setattr(amp, "cpu_bf16_units", lambda: units)
-    dense = build_model("dense", (1, 8, 8))
-    assert amp.choose("auto", CPU, dense).dtype == auto
+    conv, dense = build_model("conv", (1, 8, 8)), build_model("dense", (1, 8, 8))
+    assert amp.choose("auto", CPU, conv).dtype == auto
+    assert amp.choose("auto", CPU, dense).dtype is None  # not measured: fp32
     assert amp.choose("on", CPU, dense).dtype == torch.bfloat16  # forced, units or not
     assert amp.choose("off", CPU, dense).dtype is None
     assert amp.choose("fp16", CPU, dense).scaled and not amp.choose("bf16", CPU, dense).scaled
