@@ -275,7 +275,8 @@ def main() -> None:
             tail = f"\n\n(models {rest} still running when this was written)" if rest else \
                 f"\n\nThe benchmark took {(time.perf_counter() - t0) / 60:.1f} min."
             md = "\n\n".join(parts) + tail
-            write_section(args.section or f"train-{args.device}", f"## Training speed, {args.device}\n\n{md}")
+            title = f"Training speed, {args.device}" + (f" ({args.section})" if args.section else "")
+            write_section(args.section or f"train-{args.device}", f"## {title}\n\n{md}")
 
 
 def systems_data(kind: str):
