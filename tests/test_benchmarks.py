@@ -68,7 +68,7 @@ def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
                           text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     summary = done.stdout.split("== summary")[-1]
-    for name in ("gpu-tests", "bench-train", "bench-seeds"):
+    for name in ("gpu-tests", "bench-train", "bench-seeds", "bench-workers"):
         assert f"| {name} | ok |" in summary
     assert results.read_text() == before
 
