@@ -34,7 +34,7 @@ def cli() -> None:
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue a stopped run from its checkpoint.")
 def train(args: tuple[str, ...], force: bool, resume_dir: str | None) -> None:
     """Train a model: aelab train [CONFIG.toml] [key=value ...]  (e.g. model=conv data=fashion-mnist)."""
-    from . import runs
+    from . import distributed, runs
 
     if resume_dir:
         if args:
@@ -43,7 +43,8 @@ def train(args: tuple[str, ...], force: bool, resume_dir: str | None) -> None:
     else:
         config_file, overrides = _split_args(args)
         path = runs.train(config_file=config_file, overrides=overrides, force=force)
-    _print_summary(path)
+    if distributed.launched_rank() == 0:  # under torchrun rank 0 wrote metrics.json; another's folder may lack it
+        _print_summary(path)
 
 
 def _print_summary(path: Path) -> None:
@@ -187,7 +188,7 @@ def query(index_dir: str, source: str, args: tuple[str, ...]) -> None:
 @cli.command()
 def models() -> None:
     """List every registered model with its config fields and defaults."""
-    from .models import get_model_class, model_names
+    from .registry import broken_note, get_model_class, model_names
 
     for name in model_names():
         cls = get_model_class(name)
@@ -198,6 +199,8 @@ def models() -> None:
             if f.name != "name":
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 click.echo(f"    model.{f.name} = {default!r}  ({_type_name(hints[f.name])})")
+    if broken_note():
+        click.echo(f"aelab: warning: {broken_note()}", err=True)
 
 
 def _type_name(tp) -> str:
