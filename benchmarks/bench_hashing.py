@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--write-results", action="store_true")
     args = ap.parse_args()
-    ds = fashion(2000, 500) if args.smoke else fashion()
+    ds = fashion(2000, 500, smoke=True) if args.smoke else fashion()
     x_tr, x_te = (x.reshape(len(x), -1).astype(np.float64) / 255 for x in (ds.x_train, ds.x_test))
     itq = ITQ(32, seed=0).fit(x_tr)
     db, q = itq.transform(x_tr), itq.transform(x_te)
