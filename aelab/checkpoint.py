@@ -90,3 +90,45 @@ def load_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict[str, tor
         for key, val in slots.items():
             if torch.is_tensor(val) and val.shape == param.shape and val.stride() != param.stride():
                 slots[key] = torch.empty_like(param, dtype=val.dtype).copy_(val)
+
+
+# --------------------------------------------------------------------------- training checkpoints
+
+
+def save_training(path: Path, model: torch.nn.Module, opts: dict, scalers: dict, state: dict[str, Any],
+                  best_weights: dict | None, meta: dict, loop_tensors: dict[str, torch.Tensor]) -> None:
+    """Weights, optimisers, fp16 loss scalers, RNG states and the loop's state, as one file."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"loop.{k}": v for k, v in loop_tensors.items()})
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    if best_weights is not None:
+        tensors.update({f"best.{k}": v for k, v in best_weights.items()})
+    opt_docs = {}
+    for name, opt in opts.items():
+        t, opt_docs[name] = optimizer_tensors(name, opt)
+        tensors.update(t)
+    doc = {"state": state, "optimizers": opt_docs, "scalers": {k: s.state_dict() for k, s in scalers.items()}}
+    save_tensors(path, tensors, {**doc, **meta})
+
+
+def load_training(path: Path, model: torch.nn.Module, opts: dict, scalers: dict):
+    """Restore weights, optimisers, loss scalers and RNG in place; returns the loop state (a dict),
+    the best weights (if kept) and the loop tensors of a mid-epoch checkpoint."""
+    tensors, doc = load_tensors(path)
+    load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    for name, opt in opts.items():
+        if name not in doc.get("optimizers", {}):
+            raise CheckpointError(f"{path} has no optimiser state for player '{name}'")
+        load_optimizer(name, opt, tensors, doc["optimizers"][name])
+    for name, scaler in scalers.items():
+        if name not in doc.get("scalers", {}):
+            raise CheckpointError(f"{path} was trained without fp16 loss scaling; resume it with the "
+                                  "train.amp it was started with")
+        scaler.load_state_dict(doc["scalers"][name])
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    return doc["state"], best or None, {k[5:]: v for k, v in tensors.items() if k.startswith("loop.")}

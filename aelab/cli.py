@@ -34,7 +34,7 @@ def cli() -> None:
 @click.option("--resume", "resume_dir", type=click.Path(), help="Continue a stopped run from its checkpoint.")
 def train(args: tuple[str, ...], force: bool, resume_dir: str | None) -> None:
     """Train a model: aelab train [CONFIG.toml] [key=value ...]  (e.g. model=conv data=fashion-mnist)."""
-    from . import runs
+    from . import distributed, runs
 
     if resume_dir:
         if args:
@@ -43,7 +43,8 @@ def train(args: tuple[str, ...], force: bool, resume_dir: str | None) -> None:
     else:
         config_file, overrides = _split_args(args)
         path = runs.train(config_file=config_file, overrides=overrides, force=force)
-    _print_summary(path)
+    if distributed.launched_rank() == 0:  # under torchrun rank 0 wrote metrics.json; another's folder may lack it
+        _print_summary(path)
 
 
 def _print_summary(path: Path) -> None:
@@ -130,6 +131,60 @@ def _status_text(s: dict) -> str:
     return "\n".join(lines)
 
 
+def _options(args: tuple[str, ...], allowed: dict[str, type]) -> dict:
+    """`key=value` arguments -> {key: value}, each key known and its value of the allowed type."""
+    from .errors import ConfigError
+
+    out = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in allowed:
+            raise ConfigError(f"unknown argument {arg!r}; give key=value with key one of: {', '.join(allowed)}")
+        try:
+            out[key] = allowed[key](value)
+        except ValueError:
+            raise ConfigError(f"{key}={value!r}: expected {allowed[key].__name__}") from None
+    return out
+
+
+@cli.command(name="index")
+@click.argument("run_dir", type=click.Path())
+@click.argument("args", nargs=-1)
+def index_(run_dir: str, args: tuple[str, ...]) -> None:
+    """Index a hashing run's codes of a data set: aelab index RUN data=NAME [out=FOLDER] [data_dir=DIR]."""
+    from .errors import ConfigError
+    from .index import build_index
+
+    opts = _options(args, {"data": str, "out": str, "data_dir": str})
+    if "data" not in opts:
+        raise ConfigError("give the data set to index: aelab index RUN data=fashion-mnist")
+    path = build_index(run_dir, opts["data"], opts.get("out"), opts.get("data_dir"))
+    meta = json.loads((path / "index.json").read_text())
+    click.echo(f"index: {path}  ({meta['rows']} codes of {meta['bits']} bits, {meta['model']} on {meta['data']})")
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path())
+@click.argument("source", type=click.Path())
+@click.argument("args", nargs=-1)
+def query(index_dir: str, source: str, args: tuple[str, ...]) -> None:
+    """Nearest indexed images of a query: aelab query INDEX IMAGE|NPZ [k=10] [radius=R] [out=FIG.png]."""
+    from .index import hits_figure, query_index, within_radius
+
+    opts = _options(args, {"k": int, "radius": int, "out": str})
+    hits = query_index(index_dir, source, opts.get("k", 10))
+    classes = hits.meta.get("classes") or []
+    for i in range(len(hits.rows)):
+        click.echo(f"query {i}:")
+        for rank, (row, d, y) in enumerate(zip(hits.rows[i], hits.distances[i], hits.labels[i]), 1):
+            name = classes[y] if 0 <= y < len(classes) else str(y)
+            click.echo(f"  {rank:3d}. row {row:7d}  distance {d:3d}  {name}")
+    if "radius" in opts:
+        for i, rows in enumerate(within_radius(index_dir, hits.bits, opts["radius"])):
+            click.echo(f"query {i}: {len(rows)} indexed codes within Hamming radius {opts['radius']}")
+    click.echo(f"figure: {hits_figure(hits, opts.get('out') or Path(index_dir) / 'query.png')}")
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--port", default=5006, show_default=True, help="Port on 127.0.0.1 (0 = any free port).")
@@ -162,7 +217,7 @@ def export(run_dir: str, onnx_dir: str) -> None:
 @cli.command()
 def models() -> None:
     """List every registered model with its config fields and defaults."""
-    from .models import get_model_class, model_names
+    from .registry import broken_note, get_model_class, model_names
 
     for name in model_names():
         cls = get_model_class(name)
@@ -173,6 +228,8 @@ def models() -> None:
             if f.name != "name":
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 click.echo(f"    model.{f.name} = {default!r}  ({_type_name(hints[f.name])})")
+    if broken_note():
+        click.echo(f"aelab: warning: {broken_note()}", err=True)
 
 
 def _type_name(tp) -> str:

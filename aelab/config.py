@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import registry  # torch-free: model files are imported on the first lookup
 from .errors import ConfigError
 
 
@@ -63,8 +64,10 @@ class TrainConfig:
     corrupt_level: float = 0.0  # sigma for gaussian, drop probability for dropout / saltpepper
     patience: int = 0  # early stopping: epochs without validation gain (0 = off)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: Literal["auto", "on", "off"] = "auto"  # model.compile(): auto = on CUDA only
-    amp: Literal["auto", "on", "off"] = "auto"  # bf16 autocast: auto = on CUDA only
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile of the step, once per architecture: auto = CUDA
+    # autocast: auto = CUDA (bf16, or fp16 + GradScaler before Ampere) and conv models on AMX CPUs;
+    # bf16 / fp16 force a dtype (see aelab/amp.py); models with needs_fp32 always train in fp32
+    amp: Literal["auto", "on", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = True  # conv weights in NHWC: faster oneDNN / cuDNN kernels
     grad_clip: float = 0.0  # max gradient norm per player (0 = off)
     max_bad_steps: int = 0  # non-finite losses to skip (and count) before stopping
@@ -125,9 +128,7 @@ def _require(ok: bool, message: str) -> None:
 
 def model_config(name: str) -> ModelConfig:
     """The default config of the registered model `name` (ConfigError lists the valid names)."""
-    from .models import get_model_class  # models register themselves; imported lazily (cycle)
-
-    return get_model_class(name).Config(name=name)
+    return registry.get_model_class(name).Config(name=name)
 
 
 # ----------------------------------------------------------------------------- parsing values

@@ -33,10 +33,11 @@ class DistributedContext:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    group: bool = False  # a process group is running (torchrun, even with one process)
 
     @property
     def active(self) -> bool:
-        return self.world > 1
+        return self.world > 1 or self.group
 
     @property
     def is_main(self) -> bool:
@@ -105,22 +106,32 @@ def current() -> DistributedContext:
     return _CURRENT
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun launched it (0 without torchrun), even after `teardown`."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: torch.device) -> tuple[DistributedContext, torch.device]:
     """Join the process group that torchrun describes in the environment; a no-op without one.
 
     Returns the context and the device this rank trains on (cuda:LOCAL_RANK on a GPU machine)."""
     global _CURRENT
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _CURRENT, device
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if "TORCHELASTIC_RUN_ID" not in os.environ and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _CURRENT, device  # not launched by torchrun: one plain process
+    # Under torchrun the group starts even for one process, so a 1-GPU run takes the NCCL path N GPUs take.
+    world, rank, local = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    _CURRENT = DistributedContext(rank, world, local)
+    _CURRENT = DistributedContext(rank, world, local, group=True)
     return _CURRENT, device
+
+
+def backend() -> str | None:
+    """The process group's backend ("nccl", "gloo"), or None without one."""
+    return dist.get_backend() if dist.is_initialized() else None
 
 
 def teardown() -> None:

@@ -31,7 +31,7 @@ class Progress:
         loss = sums.get("loss")
         shown = {"samples/s": f"{rate:,.0f}"}
         if loss is not None:
-            shown["loss"] = f"{float(loss) / (i + 1):.4g}"
+            shown["loss"] = f"{float(loss.float().mean()) / (i + 1):.4g}"  # a stack of seeds: their mean
         self.bar.set_postfix(shown, refresh=False)
         self.bar.update(self.every)
 

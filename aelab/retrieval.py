@@ -18,7 +18,7 @@ has the opt-in benchmark).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import digamma
+from scipy.special import digamma, gammaln
 
 _CHUNK_ELEMENTS = 1 << 19  # query x index distances per step: small enough to stay in cache
 
@@ -73,9 +73,8 @@ def expected_ap(rel: np.ndarray, tot: np.ndarray) -> np.ndarray:
     n_before = np.cumsum(tot, axis=1) - tot  # N_b
     r_before = np.cumsum(rel, axis=1) - rel  # R_b
     b = np.where(tot > 1, (rel - 1) / np.maximum(tot - 1, 1), 0.0)  # (r-1)/(n-1)
-    a = r_before + 1
     # sum_j (a + b(j-1)) / (N_b + j) = b*n + (a - b(1 + N_b)) * (H(N_b + n) - H(N_b))
-    s = b * tot + (a - b * (1 + n_before)) * (_harmonic(n_before + tot) - _harmonic(n_before))
+    s = _tie_sum(r_before + 1, b, n_before, tot)
     contrib = np.where(tot > 0, rel / np.maximum(tot, 1) * s, 0.0)
     n_rel = rel.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -90,6 +89,60 @@ def expected_precision_at(rel: np.ndarray, tot: np.ndarray, k: int) -> np.ndarra
     take = np.clip(k_eff - n_before, 0, tot)  # items of each block inside the top k
     hits = (rel / np.maximum(tot, 1) * take).sum(axis=1)
     return hits / k_eff[:, 0]
+
+
+def _tie_sum(a, b, n_before, n):
+    """sum_{j=1..n} (a + b(j-1)) / (N_b + j), the expected precisions of a block's positions."""
+    return b * n + (a - b * (1 + n_before)) * (_harmonic(n_before + n) - _harmonic(n_before))
+
+
+def expected_ap_at(rel: np.ndarray, tot: np.ndarray, cut: int) -> np.ndarray:
+    """Expected AP@cut under random tie order: sum_{k<=cut} P(k) rel(k) / (relevant items in the top
+    cut), 0 when the top cut holds none (the normalisation of HashNet's and DeepBit's evaluation code).
+
+    Only the tie block that the cut falls in is random: m of its r relevant items land in the t
+    positions taken, m ~ Hypergeometric(n, r, t), and given m they sit uniformly in those positions,
+    so the expectation is a sum over m of closed forms. rel, tot (Q, G) per tie block, in rank order.
+    """
+    rel, tot = rel.astype(np.float64), tot.astype(np.float64)
+    q = np.arange(len(tot))
+    cut = np.minimum(cut, tot.sum(axis=1))  # (Q,) capped at the index size
+    ends = np.cumsum(tot, axis=1)
+    c = np.argmax(ends >= cut[:, None], axis=1)  # the block the cut falls in
+    n_b, n, r = ends[q, c] - tot[q, c], tot[q, c], rel[q, c]
+    t = cut - n_b  # positions of block c inside the top cut, in [1, n]
+    full = np.arange(tot.shape[1])[None, :] < c[:, None]  # blocks wholly inside the top cut
+    n_before, r_before = np.cumsum(tot, axis=1) - tot, np.cumsum(rel, axis=1) - rel
+    b = np.where(tot > 1, (rel - 1) / np.maximum(tot - 1, 1), 0.0)
+    s_full = np.where(full & (tot > 0), rel / np.maximum(tot, 1) * _tie_sum(r_before + 1, b, n_before, tot), 0.0)
+    s_full, r_in = s_full.sum(axis=1), np.where(full, rel, 0).sum(axis=1)
+    m = np.arange(int(np.max(np.minimum(r, t), initial=0)) + 1, dtype=np.float64)[None, :]  # (1, M)
+    pmf = _hypergeom_pmf(m, n[:, None], r[:, None], t[:, None])  # (Q, M), 0 outside the support
+    bm = np.where(t[:, None] > 1, (m - 1) / np.maximum(t[:, None] - 1, 1), 0.0)
+    part = m / t[:, None] * _tie_sum(r_in[:, None] + 1, bm, n_b[:, None], t[:, None])
+    hits = r_in[:, None] + m
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = np.where(hits > 0, (s_full[:, None] + part) / hits, 0.0)
+    return (np.nan_to_num(pmf) * ap).sum(axis=1)
+
+
+def _hypergeom_pmf(m: np.ndarray, n: np.ndarray, r: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """P(m relevant among t drawn without replacement from n holding r), 0 outside the support; from
+    log-gammas (scipy.stats.hypergeom.pmf gives the same numbers, ~50x slower on (1000, 1000) grids)."""
+    ok = (m <= r) & (m <= t) & (t - m <= n - r)
+    m = np.where(ok, m, 0.0)
+    lg = lambda v: gammaln(v + 1.0)  # noqa: E731  log(v!)
+    log_p = (lg(r) - lg(m) - lg(r - m) + lg(n - r) - lg(t - m) - lg(np.maximum(n - r - t + m, 0.0))
+             - lg(n) + lg(t) + lg(n - t))
+    return np.where(ok, np.exp(log_p), 0.0)
+
+
+def literature_queries(labels: np.ndarray, per_class: int = 100, seed: int = 0) -> np.ndarray:
+    """Indices of `per_class` items of each class (fewer where a class has fewer), drawn with `seed`:
+    the usual 1,000-query set of the hashing literature (100 per class on 10-class data)."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(picks))
 
 
 def gini(counts: np.ndarray) -> np.ndarray:
@@ -119,9 +172,10 @@ def index_buckets(packed: np.ndarray, labels: np.ndarray, n_classes: int) -> dic
 
 
 def evaluate_hash(q_bits: np.ndarray, q_labels: np.ndarray, db_bits: np.ndarray, db_labels: np.ndarray,
-                  k: int = 100, radius: int = 2) -> dict[str, float]:
-    """mAP, precision@k, and the Gini impurity / occupancy of the Hamming balls of radius 0 and
-    `radius` around each query (pooled over queries), plus the index's own buckets of identical codes.
+                  k: int = 100, radius: int = 2, map_at: int = 1000) -> dict[str, float]:
+    """mAP over the whole ranking, mAP@`map_at`, precision@k, and the Gini impurity / occupancy of the
+    Hamming balls of radius 0 and `radius` around each query (pooled over queries), plus the index's
+    own buckets of identical codes.
     """
     n_bits, n_classes = q_bits.shape[1], int(max(q_labels.max(), db_labels.max())) + 1
     q, db = pack_bits(q_bits), pack_bits(db_bits)
@@ -129,6 +183,8 @@ def evaluate_hash(q_bits: np.ndarray, q_labels: np.ndarray, db_bits: np.ndarray,
     tot = hist.sum(axis=1)  # (Q, B+1)
     rel = hist[np.arange(len(q)), q_labels]  # (Q, B+1)
     out = {"map": float(np.nanmean(expected_ap(rel, tot))),
+           f"map_at_{map_at}": float(np.mean(np.concatenate([
+               expected_ap_at(rel[s:s + 1000], tot[s:s + 1000], map_at) for s in range(0, len(q), 1000)]))),
            f"precision_at_{k}": float(expected_precision_at(rel, tot, k).mean())}
     for r in (0, radius):
         ball = hist[:, :, :r + 1].sum(axis=2)  # (Q, K) classes within radius r
@@ -138,6 +194,25 @@ def evaluate_hash(q_bits: np.ndarray, q_labels: np.ndarray, db_bits: np.ndarray,
         out[f"occupancy_r{r}"] = float(size.mean())
     out.update({f"index_{k_}": v for k_, v in index_buckets(db, db_labels, n_classes).items()})
     return out
+
+
+def knn(q_bits: np.ndarray, db_bits: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(distances (Q, k) int32, indices (Q, k) int64) of the k nearest index codes by Hamming distance,
+    nearest first; equal distances in no particular order. The distances come from one float matrix
+    product of +-1 codes, d = (B - q.x) / 2 (exact: integers far below 2^24), and torch's top-k, which
+    run on every core: the fastest exhaustive ranking here (benchmarks/bench_hashing.py)."""
+    import torch
+
+    k = min(k, len(db_bits))
+    n_bits = q_bits.shape[1]
+    x = torch.from_numpy(np.asarray(db_bits, dtype=np.float32) * 2 - 1).T.contiguous()  # (B, N)
+    dist, idx = [], []
+    for s in range(0, len(q_bits), chunk):
+        q = torch.from_numpy(np.asarray(q_bits[s:s + chunk], dtype=np.float32) * 2 - 1)
+        top, i = (q @ x).topk(k, dim=1)  # the largest dot products are the smallest distances
+        dist.append(((n_bits - top) / 2).round().to(torch.int32))
+        idx.append(i)
+    return torch.cat(dist).numpy(), torch.cat(idx).numpy()
 
 
 def nearest(q_bits: np.ndarray, db_bits: np.ndarray, k: int) -> np.ndarray:

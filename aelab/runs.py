@@ -112,6 +112,17 @@ def load_splits(cfg: RunConfig) -> tuple[Any, Splits]:
 
 
 def _execute(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resume: bool) -> Path:
+    """Train and write the run; the process group is left and the TensorBoard writer closed on any exit."""
+    board = _tensorboard(path) if distributed.current().is_main else None
+    try:
+        return _train_and_write(cfg, path, data, resume, board)
+    finally:
+        if board is not None:
+            board.close()
+        distributed.teardown()
+
+
+def _train_and_write(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resume: bool, board) -> Path:
     ds, splits = data
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, ds.shape, ds.num_classes).to(splits.train.device)
@@ -125,7 +136,6 @@ def _execute(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resume: bool)
             fit(stage, splits.train, pre, seed=cfg.seed, augment=cfg.data)
     rows = list(load_tensors(path / CHECKPOINT)[1]["state"]["history"]) if resume else []
     ctx = distributed.current()
-    board = _tensorboard(path) if ctx.is_main else None
     tracker = _tracker(cfg, path) if ctx.is_main else tracking.Tracker()
 
     def log_epoch(row: dict) -> None:  # the whole file each epoch: a resumed run rewrites it consistently
@@ -148,10 +158,9 @@ def _execute(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resume: bool)
         raise
     meta["train_seconds"] = time.perf_counter() - t0
     if ctx.active:
-        meta["processes"] = ctx.world
+        meta["processes"], meta["backend"] = ctx.world, distributed.backend()
         if not ctx.is_main:  # rank 0 writes the model, metrics, figures and report
             ctx.barrier()
-            distributed.teardown()
             return path
     save_model(path / "model.safetensors", model, {"config": to_dict(cfg), "input_shape": list(ds.shape),
                                                    "num_classes": ds.num_classes})
@@ -164,9 +173,7 @@ def _execute(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resume: bool)
     tracker.log_metrics(metrics)
     tracker.log_artifacts(path)
     tracker.finish()
-    if ctx.active:
-        ctx.barrier()
-        distributed.teardown()
+    ctx.barrier()  # the others wait for rank 0's files (a no-op in one process)
     return path
 
 

@@ -8,6 +8,7 @@ to aelab-style logit decoders). Every system returns (training seconds, samples,
 from __future__ import annotations
 
 import copy
+import functools
 import tempfile
 import time
 from dataclasses import dataclass
@@ -110,12 +111,35 @@ class AelabModel(Autoencoder):
         return {"loss": loss_terms(self.encoder, self.decoder, batch["x_in"], self.vae)}
 
 
-def train_aelab(nets, spec: Spec, train: DeviceData, epochs: int, bsz: int, seed: int, device: str):
+def train_aelab(nets, spec: Spec, train: DeviceData, epochs: int, bsz: int, seed: int, device: str, **options):
+    """aelab's engine with its defaults (compile and amp `auto`), or `options` (compile="on", amp="bf16")."""
     model = AelabModel(*nets, spec.vae)
-    cfg = TrainConfig(epochs=epochs, batch_size=bsz, optimizer="adam", lr=1e-3, schedule="constant", progress="off")
+    cfg = TrainConfig(epochs=epochs, batch_size=bsz, optimizer="adam", lr=1e-3, schedule="constant", progress="off",
+                      **options)
     with Clock(device) as clock:
         fit(model, train, cfg, seed=seed)
     return clock.seconds, epochs * (len(train) // bsz) * bsz, recon_fn(model.encoder, model.decoder, spec.vae)
+
+
+def aelab_arm(**options) -> Callable:
+    """An aelab system with TrainConfig `options`; `options` is kept on it for the warm-up."""
+    trainer = functools.partial(train_aelab, **options)
+    trainer.options = options
+    return trainer
+
+
+def compiles(options: dict, device: str) -> bool:
+    """Whether an aelab arm compiles its step (train.compile: on, or auto on CUDA)."""
+    mode = options.get("compile", "auto")
+    return mode == "on" or (mode == "auto" and device == "cuda")
+
+
+def warm_up(spec: Spec, train: DeviceData, bsz: int, device: str, **options) -> float:
+    """Compile an arm's step for this architecture and batch shape (a 2-batch fit), so the timed runs
+    reuse it from aelab's compile cache as every later fit in a process does; returns the seconds."""
+    small = train.subset(torch.arange(min(2 * bsz, len(train)), device=train.x.device))
+    seconds, _, _ = train_aelab(fresh_nets(spec, 0), spec, small, 1, bsz, 0, device, **options)
+    return seconds
 
 
 def train_bare(nets, spec: Spec, train: DeviceData, epochs: int, bsz: int, seed: int, device: str):

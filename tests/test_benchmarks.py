@@ -1,9 +1,12 @@
 """The verdicts the benchmark scripts compute from their measurements (the timing itself is not tested)."""
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import bench_memory  # noqa: E402
+import bench_seeds  # noqa: E402
 import bench_train  # noqa: E402
 import systems  # noqa: E402
 
@@ -27,3 +30,52 @@ def test_floor_note_says_what_3x_pythae_needs():
     note = bench_train.floor_note(speed)
     assert "0.95x the bare loop" in note and "150 samples/s" in note and "1.50x" in note
     assert bench_train.floor_note({"aelab": [1.0], "pythae": [1.0]}) == ""
+
+
+def test_target_note_needs_the_ratio_and_the_same_quality():
+    speed = {"aelab": [200.0], "aelab compile": [90.0], "pythae": [100.0]}
+    quality = {"aelab": [0.0300], "aelab compile": [0.0200], "pythae": [0.0200]}
+    note = bench_train.target_note(2, speed, quality, "cpu")  # model 2 on a CPU: >= 2x
+    assert "aelab 2.00x (missed, test MSE 0.03 vs pythae's 0.02: not the same quality)" in note
+    assert "aelab compile 0.90x (missed)" in note
+    assert "aelab 2.00x (met)" in bench_train.target_note(2, speed, {k: [0.02] for k in quality}, "cpu")
+    assert bench_train.target_note(3, speed, quality, "cuda") == ""  # no GPU target for model 3
+
+
+def test_race_verdict_is_a_lower_bound_when_pythae_stops_at_the_cap():
+    both = {"aelab (default conv VAE)": (2.0, 0.020), "pythae VAE (benchmark nets)": (100.0, 0.024)}
+    assert "50x faster than pythae; target >= 30x: met" in bench_train.race_verdict(both, 0.025, 30.0)
+    capped = {"aelab (default conv VAE)": (5.0, 0.020), "pythae VAE (benchmark nets)": (100.0, 0.030)}
+    text = bench_train.race_verdict(capped, 0.025, 30.0)
+    assert "at least 20x faster" in text and "not shown (20x is a lower bound)" in text
+    assert "no ratio" in bench_train.race_verdict({**capped, "aelab (default conv VAE)": (5.0, 0.03)}, 0.025, 30.0)
+
+
+def test_gpu_verdicts():
+    assert "0.469 s (target < 0.5 s: met)" in bench_train.epoch_note([128000.0])
+    assert "missed by 2.00x" in bench_train.epoch_note([60000.0])
+    times = {bench_seeds.ONE: [8.0], bench_seeds.STACK: [4.0]}
+    assert bench_seeds.verdict(times, "cuda") == "Batched: 2.00x one after another; target >= 4x: missed by 2.00x."
+
+
+def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
+    """`gpu_check.sh --smoke`: the GPU check's steps at toy sizes on the CPU (the gpu tests are collected
+    and skipped without CUDA); its figures mean nothing and RESULTS.md is not written."""
+    results = Path(bench_train.__file__).with_name("RESULTS.md")
+    before = results.read_text()
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "AELAB_CACHE": str(tmp_path)}
+    done = subprocess.run(["bash", str(results.with_name("gpu_check.sh")), "--smoke"], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    summary = done.stdout.split("== summary")[-1]
+    for name in ("gpu-tests", "bench-train", "bench-seeds", "bench-workers"):
+        assert f"| {name} | ok |" in summary
+    assert results.read_text() == before
+
+
+def test_pythae_cap_grows_to_show_the_target_ratio_within_a_bound():
+    aelab = {"aelab (default conv VAE)": (8.0, 0.02)}
+    assert bench_train.pythae_cap(aelab, 0.025, 100.0, 260.0, 30.0) == 8.0 * 30 * 1.02
+    assert bench_train.pythae_cap(aelab, 0.025, 100.0, 200.0, 30.0) == 200.0  # bounded
+    assert bench_train.pythae_cap({"a": (2.0, 0.02)}, 0.025, 100.0, 260.0, 30.0) == 100.0  # never below --cap
+    assert bench_train.pythae_cap({"a": (8.0, 0.03)}, 0.025, 100.0, 260.0, 30.0) == 100.0  # aelab missed: no ratio

@@ -112,3 +112,17 @@ def test_report_markdown_prints_a_studys_tables(monkeypatch, capsys, tmp_path):
     assert "computed" not in out and "seed" not in out  # --only kept the arms; meta is never a table
     code, out, _ = run_cli(monkeypatch, capsys, "report", "--markdown", str(tmp_path), "--columns", "nosuch")
     assert code == 0 and "test_acc" not in out and "computed" in out
+
+
+def test_only_rank_0_prints_the_summary(monkeypatch, capsys, tmp_path):
+    """Under torchrun a rank > 0 may not see rank 0's run folder (no shared file system): it prints
+    nothing rather than reading metrics.json and crashing."""
+    from aelab import runs
+
+    monkeypatch.setattr(runs, "train", lambda **kw: tmp_path)  # a folder without metrics.json, as rank 1 sees it
+    monkeypatch.setenv("RANK", "1")
+    code, out, err = run_cli(monkeypatch, capsys, "train", "model=dense")
+    assert (code, out, err) == (0, "", "")
+    monkeypatch.setenv("RANK", "0")  # rank 0 reads it: here, where it is missing, that would fail
+    with pytest.raises(FileNotFoundError):
+        run_cli(monkeypatch, capsys, "train", "model=dense")

@@ -57,3 +57,19 @@ def test_torchrun_two_processes_match_one_process(blobs, blobs_npz, tmp_path, st
     h1 = [json.loads(r) for r in (single / "history.jsonl").read_text().splitlines()]
     h2 = [json.loads(r) for r in (two / "history.jsonl").read_text().splitlines()]
     assert h1[-1]["train.loss"] == pytest.approx(h2[-1]["train.loss"], rel=1e-4)
+
+
+def test_torchrun_one_process_starts_the_group_and_matches(blobs_npz, tmp_path):
+    """One process under torchrun takes the same path N do (a gloo group here, NCCL on a GPU):
+    all-reduce over one rank is the identity, so the weights are the single-process ones, bit for bit."""
+    single = train(overrides=[f"data={blobs_npz}", *KEYS, f"out_dir={tmp_path / 'one'}", "name=r"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m", "aelab",
+           "train", f"data={blobs_npz}", *KEYS, f"out_dir={tmp_path / 'run'}", "name=r"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads((tmp_path / "run" / "r" / "metrics.json").read_text())["meta"]
+    assert (meta["processes"], meta["backend"]) == (1, "gloo")
+    a, _ = load_tensors(single / "model.safetensors")
+    b, _ = load_tensors(tmp_path / "run" / "r" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

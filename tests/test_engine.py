@@ -1,12 +1,14 @@
 import math
-from dataclasses import dataclass
+import signal
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
 from torch import nn
 
 from aelab.config import TrainConfig
-from aelab.engine import TrainingDiverged, encode_all, evaluate, fit, lr_at
+from aelab import compile_cache
+from aelab.engine import TrainingDiverged, TrainingInterrupted, encode_all, evaluate, fit, lr_at
 from aelab.models import Autoencoder, Player, build_model
 
 CFG = dict(epochs=3, batch_size=16, progress="off")
@@ -142,3 +144,80 @@ def test_players_step_on_their_own_schedule(blob_splits):
 def test_encode_all_shape(blob_splits):
     model = build_model("conv", (1, 8, 8))
     assert encode_all(model, blob_splits.test, batch_size=7).shape == (len(blob_splits.test), 30)
+
+
+class NaNOnce(Autoencoder):
+    """An autoencoder whose third step's loss is NaN; it records every finite loss it returns."""
+
+    def __init__(self, name="dense"):
+        inner = build_model(name, (1, 8, 8))
+        super().__init__(inner.cfg, (1, 8, 8))
+        self.encoder, self.decoder = inner.encoder, inner.decoder
+        self.calls, self.finite = 0, []
+
+    def forward(self, batch, player="model"):
+        out = super().forward(batch)
+        if self.training and torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls == 3:
+                return {k: v * math.nan for k, v in out.items()}
+            self.finite.append(float(out["loss"].detach()))
+        return out
+
+
+def test_a_skipped_step_counts_in_no_sum(blob_splits, tmp_path, monkeypatch):
+    """train.max_bad_steps: the row is the mean over the good steps, and an interrupt after a skipped
+    step still writes its checkpoint (a NaN in the sums used to block both)."""
+    model = NaNOnce()
+    history = fit(model, blob_splits.train, TrainConfig(epochs=1, batch_size=16, progress="off", max_bad_steps=2))
+    assert history[-1]["skipped"] == 1
+    assert history[-1]["train.loss"] == pytest.approx(sum(model.finite) / len(model.finite), rel=1e-5)
+
+    calls = {"n": 0}
+    orig = type(blob_splits.train).batch
+
+    def batch(self, idx):  # SIGINT while the 5th batch is read: two steps after the skipped one
+        calls["n"] += 1
+        if calls["n"] == 5:
+            signal.raise_signal(signal.SIGINT)
+        return orig(self, idx)
+
+    monkeypatch.setattr(type(blob_splits.train), "batch", batch)
+    with pytest.raises(TrainingInterrupted):
+        fit(NaNOnce(), blob_splits.train, TrainConfig(epochs=2, batch_size=16, progress="off", max_bad_steps=2),
+            run_dir=tmp_path)
+    assert (tmp_path / "checkpoint.safetensors").exists()
+
+
+def test_compile_once_per_architecture_across_fits(blob_splits, monkeypatch):
+    """As a study trains: many fresh models of a few architectures. Each architecture is traced once;
+    later fits reuse its graph with their own weights swapped in. Ten architectures (beyond dynamo's
+    recompile limit of 8 per code object) still get one graph each, none falls back to eager."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(compile_cache, "BACKEND", "aot_eager")  # the count is the same; inductor is slow here
+    compile_cache.clear()
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = TrainConfig(epochs=1, batch_size=16, progress="off", compile="on")
+
+    def dense(latent, seed):
+        torch.manual_seed(seed)
+        model = build_model("dense", (1, 8, 8))
+        model.cfg.latent_dim = latent
+        return build_model(model.cfg, (1, 8, 8))
+
+    models = [dense(8, s) for s in range(3)]
+    for s, m in enumerate(models):
+        fit(m, blob_splits.train, cfg, seed=s)
+    assert counters["stats"]["unique_graphs"] == 1
+    for latent in range(9, 18):
+        fit(dense(latent, 0), blob_splits.train, cfg)
+    fit(dense(8, 5), blob_splits.train, cfg)
+    assert counters["stats"]["unique_graphs"] == 10
+    eager = dense(8, 2)
+    fit(eager, blob_splits.train, replace(cfg, compile="off"), seed=2)
+    for a, b in zip(eager.parameters(), models[2].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    compile_cache.clear()
+    torch._dynamo.reset()

@@ -174,3 +174,43 @@ def test_checkpoint_of_another_model_or_tampered_shape(tmp_path):
 def test_images_that_do_not_fit_the_model(blob_splits):
     with pytest.raises(DataError, match="images are 1x8x8 .* built for 1x28x28"):
         engine.fit(build_model("dense", (1, 28, 28)), blob_splits.train, TrainConfig(epochs=1, progress="off"))
+
+
+def test_error_path_closes_the_board_and_leaves_the_process_group(blobs_npz, tmp_path, monkeypatch):
+    from aelab import distributed, runs
+
+    closed = []
+
+    class Board:  # stands in for TensorBoard's SummaryWriter
+        def add_scalar(self, *args):
+            pass
+
+        def flush(self):
+            pass
+
+        def close(self):
+            closed.append("board")
+
+    def failing_fit(*args, on_epoch=None, **kw):  # one epoch logged, then a failure
+        on_epoch({"epoch": 1, "step": 1, "train.loss": 1.0})
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runs, "_tensorboard", lambda path: Board())
+    monkeypatch.setattr(distributed, "teardown", lambda: closed.append("group"))
+    monkeypatch.setattr(runs, "fit", failing_fit)
+    with pytest.raises(RuntimeError, match="boom"):
+        runs.train(overrides=[f"data={blobs_npz}", "model=dense", f"out_dir={tmp_path}", "train.epochs=1",
+                              "train.progress=off"])
+    assert closed == ["board", "group"]
+
+
+def test_error_path_closes_the_progress_bar(blob_splits, monkeypatch):
+    import aelab.progress
+    from test_engine import Exploding
+
+    bars = []
+    real = aelab.progress.tqdm
+    monkeypatch.setattr(aelab.progress, "tqdm", lambda *a, **kw: bars.append(real(*a, **kw)) or bars[-1])
+    with pytest.raises(engine.TrainingDiverged):
+        engine.fit(Exploding(), blob_splits.train, TrainConfig(epochs=1, batch_size=16, progress="bar"))
+    assert bars and all(b.disable for b in bars)  # tqdm.close() sets disable

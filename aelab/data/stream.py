@@ -125,6 +125,7 @@ class StreamData:
         self.y = torch.tensor(np.array(y, dtype=np.int64), device=device)  # 8 bytes a row, in memory
         self.row_bytes = int(np.prod(x.shape[1:]))
         self._chunk_id, self._chunk = -1, None
+        self._pinned, self._copied = None, None  # CUDA: the host buffer chunks are read into, its last copy
 
     def __len__(self) -> int:
         return self.x.shape[0] if self.rows is None else len(self.rows)
@@ -135,9 +136,31 @@ class StreamData:
 
     def _read(self, start: int, stop: int) -> torch.Tensor:
         """File rows [start, stop) with one sequential read, on the device: (stop - start, C, H, W) uint8."""
-        raw = np.fromfile(self.x.filename, dtype=np.uint8, count=(stop - start) * self.row_bytes,
-                          offset=self.x.offset + start * self.row_bytes)
-        return torch.from_numpy(raw.reshape(-1, *self.x.shape[1:])).to(self.device, non_blocking=True)
+        count, offset = (stop - start) * self.row_bytes, self.x.offset + start * self.row_bytes
+        if self.device.type != "cuda":  # on the CPU the read is the tensor: no copy
+            raw = np.fromfile(self.x.filename, dtype=np.uint8, count=count, offset=offset)
+            return torch.from_numpy(raw.reshape(-1, *self.x.shape[1:]))
+        host = self._host_buffer(count)
+        with open(self.x.filename, "rb") as f:
+            f.seek(offset)
+            got = f.readinto(memoryview(host.numpy())[:count])  # read straight into page-locked memory
+        if got != count:
+            raise DataError(f"{self.x.filename}: read {got} of {count} bytes; the file changed or is truncated")
+        out = host[:count].view(-1, *self.x.shape[1:]).to(self.device, non_blocking=True)  # a DMA, async
+        self._copied = torch.cuda.Event()
+        self._copied.record()  # the buffer is refilled only after this copy is done
+        return out
+
+    def _host_buffer(self, count: int) -> torch.Tensor:
+        """A reused page-locked buffer of at least `count` bytes (a copy from pageable memory to the GPU
+        goes through a staging buffer and blocks the host; from pinned memory it is one async DMA)."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        if self._pinned is None or self._pinned.numel() < count:
+            self._pinned = None
+            size = max(count, min(self.chunk_rows, self.x.shape[0]) * self.row_bytes)  # one chunk
+            self._pinned = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+        return self._pinned
 
     def _file_rows(self, pos: torch.Tensor) -> torch.Tensor:
         return pos if self.rows is None else torch.from_numpy(self.rows[pos.numpy()])

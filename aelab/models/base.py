@@ -21,31 +21,7 @@ from torch import nn
 from .. import losses
 from ..config import ModelConfig
 from ..errors import ConfigError
-
-_REGISTRY: dict[str, type["Autoencoder"]] = {}
-
-
-def register(name: str):
-    """Class decorator: make a model available by `name` to the CLI, configs, checkpoints and tests."""
-
-    def wrap(cls: type[Autoencoder]) -> type[Autoencoder]:
-        if name in _REGISTRY:
-            raise ValueError(f"model '{name}' is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def get_model_class(name: str) -> type["Autoencoder"]:
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model '{name}'; choose one of: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
-
-
-def model_names() -> list[str]:
-    return sorted(_REGISTRY)
+from ..registry import get_model_class, model_names, register  # noqa: F401 (re-exported)
 
 
 def build_model(cfg: ModelConfig | str, input_shape: tuple[int, int, int], num_classes: int = 10) -> "Autoencoder":
@@ -86,6 +62,7 @@ class Autoencoder(nn.Module):
 
     Config = AEConfig
     name = "?"
+    needs_fp32 = False  # True: the engine never autocasts this model (train.amp is ignored for it)
     # False where decode() is not the model's own way back to images (the memorisation classifier's
     # decoder is an adversary that probes the representation): explorers and exporters skip it then.
     has_decoder = True

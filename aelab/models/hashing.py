@@ -6,6 +6,11 @@ the decoder, so training drives the inputs far from zero and the codes saturate 
 round to bits with little loss. `encode` returns the noiseless probabilities sigmoid(a) in [0, 1]
 (B, latent_dim); `hash_bits` rounds them. Default 784-512-256-32 for 28x28 images; `latent_dim` is the
 bit count (16, 32, 64 ...). Used by the `hashing` study.
+
+`SemanticHashAE` is also the base of the other binary-code autoencoders (`hash-ste`, `hash-bihalf`,
+`hash-sgh`): they share its encoder, decoder, `encode` and `hash_bits` (bit = code input > 0) and
+override only `code(a)`, which turns the code inputs into what the decoder sees while training, plus
+the extra loss terms of that method.
 """
 from __future__ import annotations
 
@@ -51,19 +56,30 @@ class SemanticHashAE(Autoencoder):
         return self.encoder(x)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.code_inputs(x))  # noiseless probabilities in [0, 1]
+        return torch.sigmoid(self.code_inputs(x))  # noiseless probabilities in [0, 1]; > 0.5 is the bit
 
     @torch.no_grad()
     def hash_bits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> bool bits (B, latent_dim): the codes rounded at 0.5."""
         return self.code_inputs(x) > 0
 
-    def forward(self, batch: dict[str, torch.Tensor], player: str = "model") -> dict[str, torch.Tensor]:
-        a = self.code_inputs(batch["x_in"])
+    def code(self, a: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Code inputs (B, K) -> (what the decoder sees (B, K) in [0, 1], {name: extra loss term}).
+
+        Here: the logistic of the inputs plus Gaussian noise while training; the clean logistic else.
+        """
         if self.training and self.cfg.noise_std > 0:  # noise only while training; evaluation is clean
             a = a + self.cfg.noise_std * torch.randn_like(a)
-        z = torch.sigmoid(a)
+        return torch.sigmoid(a), {}
+
+    def forward(self, batch: dict[str, torch.Tensor], player: str = "model") -> dict[str, torch.Tensor]:
+        a = self.code_inputs(batch["x_in"])
+        z, terms = self.code(a)
         recon = self.recon_loss(self.decode(z), batch["x"])
-        # how far the codes are from bits: mean |z - round(z)|, 0 when saturated (logged, not trained)
+        loss = recon + sum(terms.values()) if terms else recon
+        # how far the decoder's codes are from bits: mean |z - round(z)|, 0 when saturated (logged only)
         gap = (z - z.round()).abs().mean().detach().float()
-        return {"loss": recon, "recon": recon, "bit_gap": gap}
+        # the bits' balance: mean |P(bit = 1) - 1/2| over the batch, 0 when every bit splits half/half
+        balance = ((a > 0).float().mean(0) - 0.5).abs().mean().detach()
+        return {"loss": loss, "recon": recon, "bit_gap": gap, "bit_imbalance": balance,
+                **{k: v.detach() for k, v in terms.items()}}

@@ -37,6 +37,7 @@ class LinearConfig(AEConfig):
 @register("linear")
 class LinearAE(Autoencoder):
     Config = LinearConfig
+    needs_fp32 = True  # its subspace matches PCA's to 5 digits in fp32; bf16's 8-bit mantissa cannot
 
     def __init__(self, cfg: LinearConfig, input_shape, num_classes=10):
         super().__init__(cfg, input_shape, num_classes)

@@ -64,3 +64,37 @@ class ITQ:
         """Mean over items of ||sign(V R) - V R||^2 (R = the fitted rotation unless given)."""
         vr = self.project(np.asarray(x, dtype=np.float64)) @ (self.rotation_ if rotation is None else rotation)
         return float(((np.where(vr >= 0, 1.0, -1.0) - vr) ** 2).sum(axis=1).mean())
+
+
+class SpectralHashing:
+    """Spectral hashing (Weiss, Torralba & Fergus 2008): PCA to (at most) `bits` directions; each bit is the sign
+    of a sinusoid sin(pi/2 + k pi (v - lo) / (hi - lo)) along one direction v, the (direction,
+    frequency k) pairs being the `bits` smallest eigenvalues of the 1-D Laplacian eigenfunctions of a
+    uniform distribution on [lo, hi]: (k / (hi - lo))^2. Wide directions get several bits.
+    """
+
+    def __init__(self, bits: int):
+        self.bits = bits
+
+    def fit(self, x: np.ndarray) -> "SpectralHashing":
+        x = np.asarray(x, dtype=np.float64)
+        if self.bits > len(x):
+            raise ConfigError(f"spectral hashing needs bits <= the sample count {len(x)}")
+        self.mean_ = x.mean(axis=0)
+        xc = x - self.mean_
+        _, vecs = np.linalg.eigh(xc.T @ xc)
+        self.pca_ = vecs[:, ::-1][:, : min(self.bits, x.shape[1])]  # (D, directions)
+        v = xc @ self.pca_
+        self.lo_, span = v.min(axis=0), v.max(axis=0) - v.min(axis=0) + 1e-12
+        k = np.arange(1, self.bits + 1)[:, None]  # candidate frequencies per direction
+        eig = (k / span[None, :]) ** 2  # (frequencies, directions): smaller = smoother mode
+        order = np.argsort(eig, axis=None, kind="stable")[: self.bits]
+        self.freq_, self.dim_ = np.unravel_index(order, eig.shape)
+        self.freq_ = self.freq_ + 1
+        self.span_ = span
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        v = (np.asarray(x, dtype=np.float64) - self.mean_) @ self.pca_
+        arg = np.pi / 2 + self.freq_ * np.pi * (v[:, self.dim_] - self.lo_[self.dim_]) / self.span_[self.dim_]
+        return np.sin(arg) > 0  # (N, bits)
