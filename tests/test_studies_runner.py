@@ -90,7 +90,9 @@ def test_kill_9_then_resume_writes_the_same_metrics(tmp_path, reference, where, 
 def test_ctrl_c_stops_the_study_and_resume_finishes_it(tmp_path, reference, workers):
     args = [sys.executable, "-m", "aelab", "study", "memorization", *TINY, f"workers={workers}",
             f"out_dir={tmp_path}", "name=m"]
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # started with SIGINT ignored, as a shell's `cmd &` does: the study must still stop on it
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     cells = tmp_path / "m" / "cells"
     while len(list(cells.glob("*.json"))) < 8:
         assert proc.poll() is None, proc.stderr.read()

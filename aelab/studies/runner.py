@@ -11,9 +11,12 @@ between sessions stays out of metrics.json), `figures/` and `report.html`.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import signal
+import threading
 import sys
 import time
 from pathlib import Path
@@ -160,21 +163,11 @@ def _execute(study: Study, cfg: StudyConfig, path: Path) -> Path:
     progress = _Progress(len(grid), len(rows), workers)
     failed: dict[str, str] = {}
     todo = [c for c in grid if c.key not in rows]
-    folder = None if isinstance(ex, RayExecutor) else str(path)  # Ray: the driver stores each cell
     tracker = tracking.start(cfg.tracking, cfg.tracking_uri, path.name, {"study": study.study_name, **doc},
                              tags={"aelab.kind": "study", "aelab.run_dir": str(path.resolve())}, folder=path)
     try:
-        while True:
-            ready = [c for c in todo if all(d in rows for d in needs[c.key])]
-            for c in ready[:max(ex.capacity - ex.in_flight, 0)]:
-                todo.remove(c)
-                ex.submit(study.study_name, doc, c.key, {d: rows[d] for d in needs[c.key]}, folder, store.config_sha)
-            if not ex.in_flight:  # all done, or what is left needs a failed cell
-                break
-            for o in ex.wait():
-                _finish(o, grid, store, rows, failed, progress, study.headline)
-                if o.ok:  # a child run of the study's MLflow run
-                    tracker.log_cell(o.key, next(c for c in grid if c.key == o.key).record(), o.row)
+        with _interruptible():
+            _run_cells(study, grid, todo, needs, rows, failed, ex, store, doc, path, progress, tracker)
     except (KeyboardInterrupt, TrainingInterrupted):
         tracker.finish("KILLED")
         ex.close(cancel=True)
@@ -190,6 +183,37 @@ def _execute(study: Study, cfg: StudyConfig, path: Path) -> Path:
         raise StudyFailed(f"{len(shown)} of {len(grid)} cells did not finish: {'; '.join(shown)}. The other "
                           f"cells are stored; retry with `aelab study --resume {path}`")
     return _summarize(study, cfg, path, Results([rows[k] for k in keys]), len(grid), tracker)
+
+
+def _run_cells(study, grid, todo, needs, rows, failed, ex, store, doc, path, progress, tracker) -> None:
+    """Submit every cell whose needs are stored while the executor has room; store what comes back."""
+    folder = None if isinstance(ex, RayExecutor) else str(path)  # Ray: the driver stores each cell
+    while True:
+        ready = [c for c in todo if all(d in rows for d in needs[c.key])]
+        for c in ready[:max(ex.capacity - ex.in_flight, 0)]:
+            todo.remove(c)
+            ex.submit(study.study_name, doc, c.key, {d: rows[d] for d in needs[c.key]}, folder, store.config_sha)
+        if not ex.in_flight:  # all done, or what is left needs a failed cell
+            return
+        for o in ex.wait():
+            _finish(o, grid, store, rows, failed, progress, study.headline)
+            if o.ok:  # a child run of the study's MLflow run
+                tracker.log_cell(o.key, next(c for c in grid if c.key == o.key).record(), o.row)
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Ctrl-C (SIGINT) stops the study even where the parent left it ignored (a shell's `cmd &`, some
+    test runners): a study is long, and the signal is how a user asks it to stop and keep its cells."""
+    main = threading.current_thread() is threading.main_thread()
+    saved = signal.getsignal(signal.SIGINT) if main else None
+    if main and saved == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if main and saved == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, saved)
 
 
 def _finish(o: Outcome, grid, store: CellStore, rows, failed, progress, headline: str) -> None:
