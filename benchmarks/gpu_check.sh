@@ -22,7 +22,7 @@ SMOKE=0
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export CUBLAS_WORKSPACE_CONFIG=${CUBLAS_WORKSPACE_CONFIG:-:4096:8}  # deterministic cuBLAS for the resume test
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+[ $SMOKE = 1 ] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # the smoke shares a CPU with the test suite
 
 if ! $PY -c "import pythae" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
   $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
