@@ -99,18 +99,35 @@ def report(run_dirs: tuple[str, ...], index: str | None, as_markdown: bool, only
 @click.argument("args", nargs=-1)
 @click.option("--list", "list_", is_flag=True, help="List the studies with a line on each.")
 @click.option("--force", is_flag=True, help="Overwrite an existing study folder of the same name.")
-def study(args: tuple[str, ...], list_: bool, force: bool) -> None:
-    """Run a study: aelab study NAME [CONFIG.toml] [key=value ...]  (e.g. seeds=5 data=fashion-mnist)."""
-    from .studies import run_study, study_names
+@click.option("--resume", "resume_dir", type=click.Path(), help="Run the cells of a stopped study not stored yet.")
+@click.option("--status", "status_dir", type=click.Path(), help="Cells done, failed and remaining of a study.")
+def study(args: tuple[str, ...], list_: bool, force: bool, resume_dir: str | None, status_dir: str | None) -> None:
+    """Run a study: aelab study NAME [CONFIG.toml] [key=value ...]  (e.g. seeds=5 data=fashion-mnist workers=2)."""
+    from .studies import resume_study, run_study, study_names, study_status
     from .studies.base import describe
 
-    if list_ or not args:
+    if status_dir:
+        click.echo(_status_text(study_status(status_dir)))
+        return
+    if resume_dir:  # overrides may change how cells run (workers=...), never what they compute
+        path = resume_study(resume_dir, list(args))
+    elif list_ or not args:
         for name in study_names():
             click.echo(f"{name:14s} {describe(name)}")
         return
-    config_file, overrides = _split_args(args[1:])
-    path = run_study(args[0], config_file, overrides, force)
+    else:
+        config_file, overrides = _split_args(args[1:])
+        path = run_study(args[0], config_file, overrides, force)
     click.echo(f"study: {path}\nreport: {path / 'report.html'}")
+
+
+def _status_text(s: dict) -> str:
+    lines = [f"{s['study']}: {s['done']} of {s['cells']} cells done, {len(s['failed'])} failed, "
+             f"{s['remaining']} remaining{' (finished)' if s['finished'] else ''}"]
+    if s["done"]:
+        lines.append(f"time per cell so far: {s['seconds_per_cell']:.1f} s ({s['cell_seconds'] / 60:.1f} min in all)")
+    lines += [f"failed: {k}: {v}" for k, v in s["failed"].items()]
+    return "\n".join(lines)
 
 
 @cli.command()

@@ -161,7 +161,7 @@ def test_checkpoint_resume_round_trip(tmp_path, blob_splits):
 
 
 def test_study_end_to_end_on_tiny_digits(tmp_path):
-    path = run_study("memorization", overrides=[
+    path = run_study("memorization", overrides=["workers=1", 
         "data=digits", f"out_dir={tmp_path}", "seeds=2", "sizes=(100,300)", "lambdas=(-1.0,0.0,1.0)",
         "bounded=('hinge',)", "steps=12", "probe_features=64", "tune_wd=(0.05,)", "tune_dropout=(0.3,)",
         "tune_vib=(0.001,)", "noise_sizes=(100,)", "headline_lambda=1.0", "train.batch_size=64"])

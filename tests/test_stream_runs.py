@@ -15,7 +15,7 @@ from aelab.data.stream import read_npy, save_npy, stream_splits
 from aelab.engine import evaluate
 from aelab.errors import ConfigError, DataError
 from aelab.studies import study_names
-from aelab.studies.base import run_study
+from aelab.studies import run_study
 
 SPLIT = dict(val_fraction=0.25, seed=3, labels_per_class=5)
 

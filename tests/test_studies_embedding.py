@@ -32,11 +32,11 @@ def test_score_2d_trustworthiness_of_a_faithful_and_a_scrambled_map():
 
 def test_bad_perplexity_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError):
-        run_study("embedding", overrides=[f"out_dir={tmp_path}", "points=30", "perplexity=20"])
+        run_study("embedding", overrides=["workers=1", f"out_dir={tmp_path}", "points=30", "perplexity=20"])
 
 
 def test_embedding_study_end_to_end_on_digits(tmp_path):
-    path = run_study("embedding", overrides=[
+    path = run_study("embedding", overrides=["workers=1", 
         f"out_dir={tmp_path}", "seeds=2", "min_steps=0", "points=150", "perplexity=10",
         "train.epochs=2", "linear_epochs=40", "train.device=cpu"])
     m = json.loads((path / "metrics.json").read_text())

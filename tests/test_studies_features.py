@@ -35,11 +35,11 @@ def test_first_layer_tiles_shapes(name):
 
 def test_unknown_model_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="nope"):
-        run_study("features", overrides=[f"out_dir={tmp_path}", "models=['dense','nope']"])
+        run_study("features", overrides=["workers=1", f"out_dir={tmp_path}", "models=['dense','nope']"])
 
 
 def test_features_study_end_to_end_on_digits(tmp_path):
-    path = run_study("features", overrides=[
+    path = run_study("features", overrides=["workers=1", 
         f"out_dir={tmp_path}", "seeds=2", "min_steps=0", "train.epochs=2", "train.device=cpu",
         "models=['dense','sparse','conv']", "units=4"])
     m = json.loads((path / "metrics.json").read_text())

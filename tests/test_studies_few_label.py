@@ -59,11 +59,11 @@ def test_bad_mode_and_bad_budget_are_config_errors(tmp_path):
     with pytest.raises(ConfigError):
         Classifier(build_model("dense", (1, 8, 8)), 3, "nope")
     with pytest.raises(ConfigError):
-        run_study("few-label", overrides=[f"out_dir={tmp_path}", "fractions=[1.5]"])
+        run_study("few-label", overrides=["workers=1", f"out_dir={tmp_path}", "fractions=[1.5]"])
 
 
 def test_few_label_study_end_to_end_on_digits(tmp_path):
-    path = run_study("few-label", overrides=[
+    path = run_study("few-label", overrides=["workers=1", 
         f"out_dir={tmp_path}", "seeds=2", "min_steps=0", "train.epochs=2", "train.device=cpu",
         "labels_per_class=[5, 1000]", "fractions=[0.1, 1.0]",
         "clf_min_steps=20", "clf.epochs=1"])

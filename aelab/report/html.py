@@ -137,6 +137,9 @@ def _read_run(run_dir: str | Path) -> _Run:
     meta = metrics.pop("meta", None)
     meta = dict(meta) if isinstance(meta, dict) else {}
     meta.setdefault("seed", config.get("seed"))
+    session = _read_json(path / "study.json", {})  # a study's wall time lives beside its metrics, not in them
+    if isinstance(session, dict) and "train_seconds" in session:
+        meta.setdefault("train_seconds", round(float(session["train_seconds"]), 1))
     history, skipped = _read_history(path / "history.jsonl")
     figures_dir = path / "figures"
     figures = [p for p in figures_dir.glob("*") if p.suffix.lower() in _FIGURE_TYPES and p.is_file()]

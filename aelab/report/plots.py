@@ -332,3 +332,16 @@ def save_gif(frames: Sequence[np.ndarray], path: str | Path, duration_ms: int = 
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
     return path
+
+
+def add_thumbnails(fig, points: np.ndarray, images: np.ndarray):
+    """Draw images (n, C, H, W) in [0, 1] at their 2-D positions `points` (n, 2) on the figure's axes."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    ax = fig.axes[0]
+    zoom = 16 / images.shape[-1] if images.shape[-1] < 16 else 0.6
+    for pos, image in zip(points, images):
+        img = image.transpose(1, 2, 0).squeeze()
+        box = OffsetImage(img, cmap="gray_r" if img.ndim == 2 else None, zoom=zoom)
+        ax.add_artist(AnnotationBbox(box, pos, frameon=True, pad=0.1))
+    return fig

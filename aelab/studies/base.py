@@ -1,25 +1,23 @@
-"""The study registry and runner: folder, config, metrics and report around a study's `run`."""
+"""What a study is: a config, a grid of cells, a function that runs one cell, a summary of the stored cells.
+
+A study declares its grid as frozen `Cell` records (arm, seed, size, ...): each cell's work is a pure
+function of its record and the study config, so cells can run in any order, in any process, on any
+machine, and a killed study resumes by running only the cells whose results are not stored yet
+(`runner.py`). The summary, its verdicts and its figures are computed from the stored results alone,
+as tidy rows (one per cell, like scikit-learn's `cv_results_`), never from string keys (STYLE 17).
+"""
 from __future__ import annotations
 
-import json
+import dataclasses
+import os
+import re
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
-import torch
-from torch import nn
-
-from .. import __version__
-from ..atomic import atomic_write_text
-from ..batched import fit_seeds, unsupported
-from ..config import DataConfig, TrainConfig, make_config, to_dict
-from ..data.device import DeviceData
-from ..engine import fit
+from ..config import DataConfig, TrainConfig
 from ..errors import ConfigError
-from ..report import write_report
-from ..runs import claim_run_dir, git_commit
 
 _STUDIES: dict[str, type] = {}
 
@@ -32,21 +30,146 @@ class StudyConfig:
     seed: int = 0  # first seed; seed i of the study is seed + i
     seeds: int = 3  # repeats of every arm, paired across arms
     out_dir: str = "runs"
-    quick: bool = False  # a smaller preset that runs in minutes
-    # train the seeds of one arm as one vmapped model (aelab.batched): auto = on CUDA only, since on
-    # the CPU it measured slower than one after another (benchmarks/bench_seeds.py, RESULTS.md)
-    batch_seeds: Literal["auto", "on", "off"] = "auto"
+    quick: bool = False  # a smaller preset that runs in minutes (applied before config.json is written)
+    # How cells run; none of these changes a result, so a resume may change them (runner.EXECUTION_KEYS).
+    workers: int = 0  # cells at once in worker processes; 0 = auto: one per CPU core, or 4 per GPU
+    executor: Literal["local", "ray"] = "local"  # ray: each cell a task on a Ray cluster
+    ray_address: str = ""  # "" = $RAY_ADDRESS, else a local Ray instance
+    gpus_per_cell: float = 1.0  # Ray, on GPU clusters: the GPU share of a cell (fractions allowed)
+    # torch threads per cell on the CPU. Part of the result: oneDNN convolutions round differently with
+    # another thread count (measured), so it is fixed per cell, not derived from the worker count.
+    threads: int = 1
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def check(self) -> None:
         if self.seeds <= 0:
             raise ConfigError("seeds must be > 0")
+        if self.workers < 0 or self.threads <= 0 or self.gpus_per_cell <= 0:
+            raise ConfigError("workers must be >= 0 (0 = auto), threads > 0 and gpus_per_cell > 0")
         if self.data.stream:  # studies take subsets, probes and whole-set codes in memory
             raise ConfigError("data.stream applies to `aelab train` and `aelab eval`; studies hold their data "
                               "in memory: leave data.stream=false")
         self.data.check()
         self.train.check()
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of a study's grid. Subclass it (frozen) to add axes; the key names every field."""
+
+    arm: str
+    seed: int = 0  # cfg.seed + i: a cell's randomness derives from its record alone
+    n: int = 0  # a size axis (training images, labels, bits, ...); 0 = none or all
+
+    @property
+    def key(self) -> str:
+        """A stable, readable file name: `arm.n100.seed0` (the other axes by name and value where they are
+        not at their default, then the seed)."""
+        axes = [f.name for f in dataclasses.fields(self)
+                if f.name not in ("arm", "seed") and getattr(self, f.name) != f.default] + ["seed"]
+        parts = [self.arm] + [f"{a}{getattr(self, a)}" for a in axes]
+        return re.sub(r"[^A-Za-z0-9.=+_-]", "_", ".".join(str(p) for p in parts))
+
+    def record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Results:
+    """The stored cells as tidy rows `{cell fields..., result keys..., array names...}`, in grid order."""
+
+    def __init__(self, rows: list[dict[str, Any]]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows)
+
+    def where(self, **axes: Any) -> "Results":
+        return Results([r for r in self.rows if all(r.get(k) == v for k, v in axes.items())])
+
+    def column(self, metric: str, **axes: Any) -> list[Any]:
+        """`metric` of the matching rows, ordered by seed (paired across arms by position)."""
+        rows = sorted(self.where(**axes).rows, key=lambda r: r.get("seed", 0))
+        return [r[metric] for r in rows]
+
+    def one(self, **axes: Any) -> dict[str, Any]:
+        found = self.where(**axes).rows
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} cells match {axes}, expected one")
+        return found[0]
+
+    def values(self, axis: str) -> list[Any]:
+        """The distinct values of `axis` in grid order."""
+        return list(dict.fromkeys(r[axis] for r in self.rows if axis in r))
+
+
+@dataclass
+class CellContext:
+    """What a cell may use besides its record and the config: its device, the stored results of the
+    cells it needs, and a per-process cache (data sets are loaded once per worker, not once per cell)."""
+
+    device: Any
+    deps: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key not in _CACHE:
+            _CACHE[key] = make()
+        return _CACHE[key]
+
+    def dataset(self, cfg: StudyConfig):
+        return dataset_of(cfg)
+
+    def data(self, cfg: StudyConfig, val_fraction: float | None = None, seed: int | None = None):
+        """The data set's `Splits` on this cell's device: validation rows held out by `val_fraction`
+        (default `data.val_fraction`) with `seed` (default the study's seed)."""
+        from ..data.device import to_device
+
+        vf = cfg.data.val_fraction if val_fraction is None else val_fraction
+        s = cfg.seed if seed is None else seed
+        ds = self.dataset(cfg)
+        return self.cached(("splits", cfg.data.name, vf, s, str(self.device)), lambda: to_device(ds, self.device, vf, s))
+
+
+_CACHE: dict[Any, Any] = {}
+
+
+def dataset_of(cfg: StudyConfig):
+    """The study's data set, loaded once per process (a grid may depend on its size)."""
+    from ..data import load_dataset
+
+    d = cfg.data
+    key = ("dataset", d.name, d.data_dir, d.download)
+    if key not in _CACHE:
+        _CACHE[key] = load_dataset(d.name, d.data_dir or None, d.download)
+    return _CACHE[key]
+
+
+class Study:
+    """Base of every registered study (see the module docstring); subclasses set `Config`."""
+
+    Config: type[StudyConfig] = StudyConfig
+    study_name = "?"
+    headline = ""  # the result key shown in the line printed for each finished cell
+
+    def preset(self, cfg: StudyConfig) -> StudyConfig:
+        """The `quick=true` preset: a smaller config (what is stored is what runs)."""
+        return cfg
+
+    def cells(self, cfg: StudyConfig) -> list[Cell]:
+        raise NotImplementedError
+
+    def needs(self, cfg: StudyConfig, cell: Cell) -> list[Cell]:
+        """Cells whose stored results `cell` reads through `ctx.deps` (tuning before the arms)."""
+        return []
+
+    def run_cell(self, cfg: StudyConfig, cell: Cell, ctx: CellContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def summarize(self, cfg: StudyConfig, results: Results, out: Path) -> dict[str, Any]:
+        raise NotImplementedError
 
 
 def register_study(name: str):
@@ -78,51 +201,25 @@ def describe(name: str) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
-_T0 = [time.perf_counter()]
+def state_arrays(model) -> dict[str, Any]:
+    """A trained model's weights as a cell result (`w.<name>` arrays), for cells that build on it."""
+    return {f"w.{k}": v for k, v in model.state_dict().items()}
 
 
-def note(msg: str) -> None:
-    """One progress line on stderr, with the time since the study started (long studies say where they are)."""
-    print(f"[{time.perf_counter() - _T0[0]:7.0f} s] {msg}", file=sys.stderr, flush=True)
+def load_state_arrays(model, row: dict[str, Any]):
+    """`model` with the weights a cell stored with `state_arrays`; returns the model."""
+    import torch
+
+    model.load_state_dict({k[2:]: torch.as_tensor(v) for k, v in row.items() if k.startswith("w.")})
+    return model
 
 
-def each_seed(cfg: StudyConfig, what: str):
-    """Yield (i, seed) over the study's seeds, with a progress line after each one."""
-    for i in range(cfg.seeds):
-        yield i, cfg.seed + i
-        note(f"{what}: seed {i + 1}/{cfg.seeds} done")
+def seeds_of(cfg: StudyConfig) -> list[int]:
+    return [cfg.seed + i for i in range(cfg.seeds)]
 
 
-def train_seeds(cfg: StudyConfig, build: Callable[[], nn.Module], data: DeviceData, train: TrainConfig,
-                seeds: list[int]) -> list[nn.Module]:
-    """One trained model per seed, all on the same data, each built under `torch.manual_seed(seed)`:
-    as one batched model when `cfg.batch_seeds` says so and the model allows it (equal to the
-    one-by-one runs up to float rounding, or in distribution where the model samples), else with `fit`."""
-    on = cfg.batch_seeds == "on" or (cfg.batch_seeds == "auto" and data.device.type == "cuda")
-    if on and len(seeds) > 1 and unsupported(build(), train) is None:
-        return fit_seeds(build, seeds, data, train)[0]
-    models = []
-    for s in seeds:
-        torch.manual_seed(s)
-        models.append(build())
-        fit(models[-1], data, train, seed=s)
-    return models
-
-
-def run_study(name: str, config_file: str | Path | None = None, overrides: list[str] = (),
-              force: bool = False) -> Path:
-    """Run study `name` end to end into `out_dir/<name>`; returns the folder (with report.html)."""
-    cls = get_study(name)
-    cfg = make_config(cls.Config(), config_file, list(overrides))
-    folder = cfg.name or f"{name}-{cfg.data.name.replace(':', '-').replace('/', '_')}"
-    path = claim_run_dir(Path(cfg.out_dir) / folder, force)
-    atomic_write_text(path / "config.json", json.dumps({"study": name, **to_dict(cfg)}, indent=2))
-    commit, t0 = git_commit(), time.perf_counter()  # the code that runs, not what HEAD is at the end
-    _T0[0] = t0
-    metrics: dict[str, Any] = cls().run(cfg, path)
-    metrics["meta"] = {"study": name, "seed": cfg.seed, "seeds": cfg.seeds, "aelab_version": __version__,
-                       "git_commit": commit, "torch": torch.__version__,
-                       "train_seconds": time.perf_counter() - t0, "finished": True}
-    atomic_write_text(path / "metrics.json", json.dumps(metrics, indent=2, default=float))
-    write_report(path)
-    return path
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

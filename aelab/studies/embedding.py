@@ -13,7 +13,7 @@ Also seed 002's check: test MSE of a linear AE vs PCA with the same number of co
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +26,12 @@ from sklearn.neighbors import KNeighborsClassifier
 from .. import stats
 from ..classify import with_min_steps
 from ..config import TrainConfig
-from ..data import load_dataset
-from ..data.device import pick_device, to_device
 from ..engine import encode_all, evaluate, fit
 from ..errors import ConfigError
 from ..models import build_model
 from ..models.base import Autoencoder
 from ..report import plots
-from .base import StudyConfig, each_seed, register_study
+from .base import Cell, CellContext, Results, Study, StudyConfig, register_study, seeds_of
 
 
 @dataclass
@@ -89,85 +87,82 @@ def linear_vs_pca(cfg: EmbeddingConfig, splits, seed: int) -> dict[str, float]:
     return {"linear_ae": ae_mse, "pca": pca_mse, "ratio": ae_mse / pca_mse}
 
 
-def one_seed(cfg: EmbeddingConfig, ds, seed: int) -> tuple[dict, dict, np.ndarray, np.ndarray, np.ndarray]:
-    """All routes for one seed: their scores, their 2-D maps, and the subsample's images and labels."""
-    splits = to_device(ds, pick_device(cfg.train.device), cfg.data.val_fraction, seed)
-    shape = ds.shape
-    sub = np.sort(np.random.default_rng(seed).permutation(len(ds.y_test))[:cfg.points])
+ROUTES = {"pixels": ("pca_pixels", "tsne_pixels"), "ae": ("ae_tsne", "ae_umap"), "ae_2d": ("ae_2d",)}  # by cell
+GROUP = {r: g for g, routes in ROUTES.items() for r in routes}
+
+
+def held_out_points(cfg: EmbeddingConfig, splits, seed: int):
+    """The seeded held-out subsample every route maps: (its DeviceData, pixels (n, D), labels (n,))."""
+    n = len(splits.test)
+    sub = np.sort(np.random.default_rng(seed).permutation(n)[:min(cfg.points, n)])
     test = splits.test.subset(sub)
-    pixels = test.x.flatten(1).float().div(255).cpu().numpy()  # (n, D)
-    labels = ds.y_test[sub]
-    ae = train_ae(cfg, cfg.model, cfg.latent_dim, splits.train, shape, seed, cfg.train.epochs)
-    ae2 = train_ae(cfg, cfg.model, 2, splits.train, shape, seed, cfg.train.epochs)
-    codes = encode_all(ae, test).numpy()
+    return test, test.x.flatten(1).float().div(255).cpu().numpy(), test.y.cpu().numpy()
+
+
+def route_maps(cfg: EmbeddingConfig, group: str, splits, test, pixels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The 2-D maps (n, 2) of one group of routes: on pixels, from the AE's codes, or the 2-D-code AE."""
     tsne = lambda x: TSNE(2, perplexity=cfg.perplexity, init="pca", random_state=seed).fit_transform(x)  # noqa: E731
-    maps = {
-        "pca_pixels": PCA(2, random_state=seed).fit(splits.train.x.flatten(1).float().div(255).cpu().numpy())
-        .transform(pixels),
-        "tsne_pixels": tsne(PCA(min(50, pixels.shape[1]), random_state=seed).fit_transform(pixels)),
-        "ae_tsne": tsne(codes),
-        "ae_2d": encode_all(ae2, test).numpy(),
-    }
+    shape = tuple(splits.train.x.shape[1:])
+    if group == "pixels":
+        train_px = splits.train.x.flatten(1).float().div(255).cpu().numpy()
+        return {"pca_pixels": PCA(2, random_state=seed).fit(train_px).transform(pixels),
+                "tsne_pixels": tsne(PCA(min(50, pixels.shape[1]), random_state=seed).fit_transform(pixels))}
+    if group == "ae_2d":
+        return {"ae_2d": encode_all(train_ae(cfg, cfg.model, 2, splits.train, shape, seed, cfg.train.epochs), test).numpy()}
+    codes = encode_all(train_ae(cfg, cfg.model, cfg.latent_dim, splits.train, shape, seed, cfg.train.epochs), test).numpy()
+    maps = {"ae_tsne": tsne(codes)}
     if importlib.util.find_spec("umap") is not None:  # optional: pip install 'aelab[umap]'
         import umap
         maps["ae_umap"] = umap.UMAP(random_state=seed).fit_transform(codes)
-    scores = {route: score_2d(m, pixels, labels) for route, m in maps.items()}
-    scores["linear_vs_pca"] = linear_vs_pca(cfg, splits, seed)
-    return scores, maps, test.x.float().div(255).cpu().numpy(), labels, ds.classes
-
-
-def with_thumbnails(fig, emb: np.ndarray, images: np.ndarray, n: int, seed: int):
-    """Draw `n` of the (N, C, H, W) `images` at their 2-D positions on the scatter's axes."""
-    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
-
-    ax = fig.axes[0]
-    zoom = 16 / images.shape[-1] if images.shape[-1] < 16 else 0.6
-    for i in np.random.default_rng(seed).choice(len(emb), min(n, len(emb)), replace=False):
-        img = images[i].transpose(1, 2, 0).squeeze()
-        box = OffsetImage(img, cmap="gray_r" if img.ndim == 2 else None, zoom=zoom)
-        ax.add_artist(AnnotationBbox(box, emb[i], frameon=True, pad=0.1))
-    return fig
+    return maps
 
 
 @register_study("embedding")
-class EmbeddingStudy:
+class EmbeddingStudy(Study):
     Config = EmbeddingConfig
 
-    def run(self, cfg: EmbeddingConfig, out: Path) -> dict:
-        if cfg.quick:  # the smaller preset: fewer points and epochs
-            cfg.points, cfg.train.epochs, cfg.linear_epochs = min(cfg.points, 1000), min(cfg.train.epochs, 5), 15
-            cfg.min_steps = min(cfg.min_steps, 500)
-        ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
-        cfg.points = min(cfg.points, len(ds.y_test))
-        per_seed = []
-        for i, seed in each_seed(cfg, "embedding"):
-            scores, maps, images, labels, classes = one_seed(cfg, ds, seed)
-            per_seed.append(scores)
-            if i == 0:
-                for route, emb in maps.items():
-                    fig = plots.scatter_2d(emb, labels, f"{route} ({len(emb)} test points, seed {cfg.seed})",
-                                           classes or None)
-                    plots.save(with_thumbnails(fig, emb, images, cfg.thumbnails, cfg.seed),
-                               out / "figures" / f"scatter_{route}.png")
-        return summarise(per_seed, cfg)
+    def preset(self, cfg: EmbeddingConfig) -> EmbeddingConfig:  # fewer points and epochs
+        return replace(cfg, points=min(cfg.points, 1000), linear_epochs=15, min_steps=min(cfg.min_steps, 500),
+                       train=replace(cfg.train, epochs=min(cfg.train.epochs, 5)))
 
+    def cells(self, cfg: EmbeddingConfig) -> list[Cell]:
+        return [Cell(group, seed) for seed in seeds_of(cfg) for group in (*ROUTES, "linear")]
 
-def summarise(per_seed: list[dict], cfg: EmbeddingConfig) -> dict:
-    """Per route and metric, a summary over seeds; the best AE route; the bar's verdicts."""
-    routes = [r for r in per_seed[0] if r != "linear_vs_pca"]
-    out: dict = {"points": cfg.points, "knn_protocol": "5-fold CV within the held-out test subsample",
-                 "trust_reference": "pixels, 5 neighbours"}
-    for r in routes:
-        out[r] = {m: stats.summary([s[r][m] for s in per_seed]) for m in ("knn1", "knn5", "trust")}
-    out["linear_vs_pca"] = {m: stats.summary([s["linear_vs_pca"][m] for s in per_seed])
-                            for m in ("linear_ae", "pca", "ratio")}
-    ae_routes = [r for r in routes if r.startswith("ae_") and r != "ae_2d"]
-    best = max(ae_routes, key=lambda r: out[r]["knn5"]["mean"])
-    out["best_ae_route"] = best
-    k5, tr = out[best]["knn5"]["mean"], out[best]["trust"]["mean"]
-    met = "met" if k5 >= 0.80 and tr >= 0.98 else "not met"
-    out["bar"] = f"{best}: 2-D 5-NN {k5:.3f} (bar 0.80), trustworthiness {tr:.3f} (bar 0.98): {met}"
-    for r in ("tsne_pixels", "ae_2d"):
-        diff = stats.paired([s[best]["knn5"] for s in per_seed], [s[r]["knn5"] for s in per_seed])
-        out[f"{best}_vs_{r}_knn5"] = {"diff": diff, "verdict": f"{best} is {stats.verdict(diff)} than {r} (5-NN)"}
-    return out
+    def run_cell(self, cfg: EmbeddingConfig, cell: Cell, ctx: CellContext) -> dict:
+        splits = ctx.data(cfg, seed=cell.seed)
+        if cell.arm == "linear":
+            return linear_vs_pca(cfg, splits, cell.seed)
+        test, pixels, labels = held_out_points(cfg, splits, cell.seed)
+        maps = route_maps(cfg, cell.arm, splits, test, pixels, cell.seed)
+        out: dict = {"scores": {route: score_2d(m, pixels, labels) for route, m in maps.items()}}
+        if cell.seed == cfg.seed:  # the figures: the first seed's maps, labels and thumbnail images
+            out |= {f"map.{route}": m for route, m in maps.items()}
+            if cell.arm == "pixels":
+                thumbs = np.random.default_rng(cfg.seed).choice(len(labels), min(cfg.thumbnails, len(labels)), replace=False)
+                out |= {"labels": labels, "thumb_rows": thumbs, "thumbs": test.x[torch.as_tensor(thumbs)].cpu().numpy(),
+                        "classes": list(ctx.dataset(cfg).classes)}
+        return out
+
+    def summarize(self, cfg: EmbeddingConfig, results: Results, out: Path) -> dict:
+        """Per route and metric, a summary over seeds; the best AE route; the bar's verdicts; the figures."""
+        done = [r for g in ROUTES for r in ROUTES[g] if r in results.one(arm=g, seed=cfg.seed)["scores"]]
+        col = lambda r, m: [row["scores"][r][m] for row in sorted(results.where(arm=GROUP[r]), key=lambda x: x["seed"])]  # noqa: E731
+        px = results.one(arm="pixels", seed=cfg.seed)
+        res: dict = {"points": len(px["labels"]), "knn_protocol": "5-fold CV within the held-out test subsample",
+                     "trust_reference": "pixels, 5 neighbours"}
+        res |= {r: {m: stats.summary(col(r, m)) for m in ("knn1", "knn5", "trust")} for r in done}
+        res["linear_vs_pca"] = {m: stats.summary(results.column(m, arm="linear")) for m in ("linear_ae", "pca", "ratio")}
+        best = max((r for r in done if r in ROUTES["ae"]), key=lambda r: res[r]["knn5"]["mean"])
+        k5, tr = res[best]["knn5"]["mean"], res[best]["trust"]["mean"]
+        res["best_ae_route"] = best
+        res["bar"] = (f"{best}: 2-D 5-NN {k5:.3f} (bar 0.80), trustworthiness {tr:.3f} (bar 0.98): "
+                      f"{'met' if k5 >= 0.80 and tr >= 0.98 else 'not met'}")
+        for r in ("tsne_pixels", "ae_2d"):
+            diff = stats.paired(col(best, "knn5"), col(r, "knn5"))
+            res[f"{best}_vs_{r}_knn5"] = {"diff": diff, "verdict": f"{best} is {stats.verdict(diff)} than {r} (5-NN)"}
+        for r in done:  # the first seed's maps, with a few test images drawn where they landed
+            emb = results.one(arm=GROUP[r], seed=cfg.seed)[f"map.{r}"]
+            fig = plots.scatter_2d(emb, px["labels"], f"{r} ({len(emb)} test points, seed {cfg.seed})", px["classes"] or None)
+            plots.save(plots.add_thumbnails(fig, emb[px["thumb_rows"]], px["thumbs"].astype(np.float32) / 255),
+                       out / "figures" / f"scatter_{r}.png")
+        return res

@@ -10,7 +10,7 @@ model's test codes) and the test reconstruction error of each model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +20,11 @@ from torch import nn
 from .. import stats
 from ..classify import with_min_steps
 from ..config import TrainConfig
-from ..data import load_dataset
-from ..data.device import pick_device, to_device
 from ..engine import encode_all, evaluate, fit
 from ..errors import ConfigError
 from ..models import build_model, model_names
 from ..report import plots
-from .base import StudyConfig, each_seed, register_study
+from .base import Cell, CellContext, Results, Study, StudyConfig, register_study, seeds_of
 
 
 @dataclass
@@ -72,53 +70,50 @@ def near_zero_fraction(codes: np.ndarray, tol: float) -> float:
     return float((a < tol * a.max()).mean()) if a.max() > 0 else 1.0
 
 
-def one_model(cfg: FeaturesConfig, name: str, splits, shape, seed: int) -> tuple[nn.Module, np.ndarray, dict]:
+def measure(cfg: FeaturesConfig, name: str, splits, seed: int, figures: bool) -> dict:
+    """Train one model; its code's near-zero share and test BCE (and the first seed's figure images)."""
+    shape = tuple(splits.train.x.shape[1:])
     torch.manual_seed(seed)
     model = build_model(name, shape)
     fit(model, splits.train, with_min_steps(cfg.train, len(splits.train), cfg.min_steps), seed=seed)
     codes = encode_all(model, splits.test).numpy()  # (N_test, D)
-    m = {"near_zero": near_zero_fraction(codes, cfg.zero_tol), "test_bce": evaluate(model, splits.test)["bce"],
-         "code_dim": codes.shape[1]}
-    return model, codes, m
-
-
-def draw(cfg: FeaturesConfig, name: str, model: nn.Module, codes: np.ndarray, test_x: np.ndarray,
-         shape, out: Path) -> None:
-    """Weights tiles and the top-activating grid of one model (the first seed's)."""
-    tiles = first_layer_tiles(model, shape)[:64]
-    plots.save(plots.image_grid(tiles, nrow=8, title=f"{name}: first-layer weights", normalize=True),
-               out / "figures" / f"weights_{name}.png")
-    alive = np.flatnonzero(codes.max(0) > codes.min(0))  # units that vary at all; dead units show nothing
-    units = alive[np.argsort(-codes[:, alive].var(0))][:cfg.units]  # the most variable units
-    idx = top_activating(codes[:, units], cfg.top)  # (U, top)
-    plots.save(plots.image_grid(test_x[idx.ravel()], nrow=cfg.top,
-                                title=f"{name}: top-{cfg.top} test images per code unit (one row each)"),
-               out / "figures" / f"top_{name}.png")
+    out = {"near_zero": near_zero_fraction(codes, cfg.zero_tol), "test_bce": evaluate(model, splits.test)["bce"],
+           "code_dim": codes.shape[1]}
+    if figures:  # weight tiles, and the test images (uint8) that drive the most variable live units highest
+        alive = np.flatnonzero(codes.max(0) > codes.min(0))  # dead units show nothing
+        units = alive[np.argsort(-codes[:, alive].var(0))][:cfg.units]
+        idx = top_activating(codes[:, units], cfg.top)  # (U, top)
+        out |= {"tiles": first_layer_tiles(model, shape)[:64], "top_images": splits.test.x[torch.as_tensor(idx.ravel())]}
+    return out
 
 
 @register_study("features")
-class FeaturesStudy:
+class FeaturesStudy(Study):
     Config = FeaturesConfig
+    headline = "near_zero"
 
-    def run(self, cfg: FeaturesConfig, out: Path) -> dict:
-        if cfg.quick:
-            cfg.train.epochs, cfg.min_steps = min(cfg.train.epochs, 3), min(cfg.min_steps, 300)
-        ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
-        rows: dict[str, list[dict]] = {name: [] for name in cfg.models}
-        for i, seed in each_seed(cfg, "features"):
-            splits = to_device(ds, pick_device(cfg.train.device), cfg.data.val_fraction, seed)
-            test_x = splits.test.x.float().div(255).cpu().numpy()
-            for name in cfg.models:
-                model, codes, m = one_model(cfg, name, splits, ds.shape, seed)
-                rows[name].append(m)
-                if i == 0:
-                    draw(cfg, name, model, codes, test_x, ds.shape, out)
+    def preset(self, cfg: FeaturesConfig) -> FeaturesConfig:
+        return replace(cfg, train=replace(cfg.train, epochs=min(cfg.train.epochs, 3)), min_steps=min(cfg.min_steps, 300))
+
+    def cells(self, cfg: FeaturesConfig) -> list[Cell]:
+        return [Cell(name, seed) for seed in seeds_of(cfg) for name in cfg.models]
+
+    def run_cell(self, cfg: FeaturesConfig, cell: Cell, ctx: CellContext) -> dict:
+        return measure(cfg, cell.arm, ctx.data(cfg, seed=cell.seed), cell.seed, figures=cell.seed == cfg.seed)
+
+    def summarize(self, cfg: FeaturesConfig, results: Results, out: Path) -> dict:
         result: dict = {"zero_tol": cfg.zero_tol}
-        for name, ms in rows.items():
-            result[name] = {"near_zero": stats.summary([m["near_zero"] for m in ms]),
-                            "test_bce": stats.summary([m["test_bce"] for m in ms]), "code_dim": ms[0]["code_dim"]}
-        if "sparse" in rows and "dense" in rows:  # what sparsity does to the code (paired by seed)
-            diff = stats.paired([m["near_zero"] for m in rows["sparse"]], [m["near_zero"] for m in rows["dense"]])
+        for name in cfg.models:
+            result[name] = {m: stats.summary(results.column(m, arm=name)) for m in ("near_zero", "test_bce")}
+            result[name]["code_dim"] = results.column("code_dim", arm=name)[0]
+            first = results.one(arm=name, seed=cfg.seed)
+            plots.save(plots.image_grid(first["tiles"], nrow=8, title=f"{name}: first-layer weights", normalize=True),
+                       out / "figures" / f"weights_{name}.png")
+            plots.save(plots.image_grid(first["top_images"] / 255, nrow=cfg.top,
+                                        title=f"{name}: top-{cfg.top} test images per code unit (one row each)"),
+                       out / "figures" / f"top_{name}.png")
+        if "sparse" in cfg.models and "dense" in cfg.models:  # what sparsity does to the code (paired by seed)
+            diff = stats.paired(results.column("near_zero", arm="sparse"), results.column("near_zero", arm="dense"))
             result["sparse_vs_dense_near_zero"] = {
                 "diff": diff, "verdict": f"sparse has {_more(stats.verdict(diff))} near-zero codes than dense"}
         return result

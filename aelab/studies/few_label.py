@@ -1,17 +1,18 @@
 """few-label: unsupervised (denoising) AE pretraining for a classifier with few labels (seed 002, 004 Q2/Q8).
 
-Per seed: pretrain a denoising AE on every training image, labels unused; then for each label budget
-(k labels per class, and fractions of the training set) train a classifier three ways (from scratch,
-the pretrained encoder fine-tuned, the frozen encoder with a linear probe) and, as baselines in the
-same run, logistic regression on pixels and on PCA. Test accuracy, mean ± CI over seeds (the labelled
-subset is the same for every route of a seed). Q8: with 10% of the labels, how close does the
+Cells: per seed, a `pretrain` cell trains a denoising AE on every training image (labels unused) and
+stores its weights; then per label budget (k labels per class, and fractions of the training set)
+one cell per route: a classifier three ways (from scratch, the pretrained encoder fine-tuned, the
+frozen encoder with a linear probe) and, as baselines, logistic regression on pixels and on PCA.
+Test accuracy, mean ± CI over seeds (the labelled subset is the same for every route of a seed); the
+best route is chosen by validation accuracy. Q8: with 10% of the labels, how close does the
 pretrained classifier come to the one trained on all of them (paired difference)?
 
     aelab study few-label data=fashion-mnist            # ~30+ min on 2 CPU cores (estimate); quick=true less
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +23,13 @@ from sklearn.linear_model import LogisticRegression
 from .. import stats
 from ..classify import MODES, accuracy, train_classifier, with_min_steps
 from ..config import TrainConfig
-from ..data import load_dataset
-from ..data.device import hide_labels, pick_device, to_device
+from ..data.device import hide_labels, split_rows
 from ..engine import fit
 from ..errors import ConfigError
 from ..models import build_model
 from ..report import plots
-from .base import StudyConfig, each_seed, register_study
+from .base import (Cell, CellContext, Results, Study, StudyConfig, dataset_of, load_state_arrays, register_study,
+                   seeds_of, state_arrays)
 
 BASELINES = ("logreg_pixels", "logreg_pca")
 
@@ -55,6 +56,8 @@ class FewLabelConfig(StudyConfig):
         self.clf.check()
         if min(self.labels_per_class, default=1) <= 0 or not all(0 < f <= 1 for f in self.fractions):
             raise ConfigError("labels_per_class must be > 0 and fractions in (0, 1]")
+        if self.data.val_fraction <= 0:
+            raise ConfigError("data.val_fraction must be > 0: the best route is chosen on the validation split")
         if not self.labels_per_class and not self.fractions:
             raise ConfigError("give at least one label budget (labels_per_class or fractions)")
 
@@ -73,73 +76,97 @@ def labelled_rows(y: np.ndarray, k: int, fraction: float, seed: int) -> np.ndarr
     return np.flatnonzero(hide_labels(y, k, fraction, seed) >= 0)
 
 
-def logreg(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, seed: int) -> float:
-    clf = LogisticRegression(max_iter=300, random_state=seed).fit(x_tr, y_tr)
-    return float(clf.score(x_te, y_te))
+@dataclass(frozen=True)
+class BudgetCell(Cell):
+    budget: str = ""  # "k10" (10 labels per class) or "p10" (10% of the training set)
 
 
-def one_seed(cfg: FewLabelConfig, ds, seed: int, plan) -> dict[str, dict[str, float]]:
-    """{budget: {route: test accuracy}} for one seed."""
-    splits = to_device(ds, pick_device(cfg.train.device), cfg.data.val_fraction, seed)
-    torch.manual_seed(seed)
-    mcfg = build_model(cfg.model, ds.shape).cfg
+def build_ae(cfg: FewLabelConfig, shape, num_classes: int):
+    mcfg = build_model(cfg.model, shape).cfg
     mcfg.latent_dim = cfg.latent_dim
-    ae = build_model(mcfg, ds.shape, ds.num_classes)
-    # every training image; the labels are never read
-    fit(ae, splits.train, with_min_steps(cfg.train, len(splits.train), cfg.min_steps), seed=seed)
-    y_tr = splits.train.y.cpu().numpy()
-    x_tr = splits.train.x.flatten(1).float().div(255).cpu().numpy()  # (N, D) for the baselines
-    x_te = splits.test.x.flatten(1).float().div(255).cpu().numpy()
-    pca = PCA(min(cfg.pca_dim, x_tr.shape[1]), random_state=seed).fit(x_tr)  # unsupervised, all images
-    p_tr, p_te = pca.transform(x_tr), pca.transform(x_te)
-    out: dict[str, dict[str, float]] = {}
-    for name, k, frac in plan:
-        rows = labelled_rows(y_tr, k, frac, seed)
-        sub = splits.train.subset(rows)
-        res = {mode: accuracy(train_classifier(ae, sub, mode, cfg.clf, num_classes=ds.num_classes,
-                                               min_steps=cfg.clf_min_steps, seed=seed), splits.test)
-               for mode in MODES}
-        res["logreg_pixels"] = logreg(x_tr[rows], y_tr[rows], x_te, ds.y_test, seed)
-        res["logreg_pca"] = logreg(p_tr[rows], y_tr[rows], p_te, ds.y_test, seed)
-        res["n_labels"] = len(rows)
-        out[name] = res
-    return out
+    return build_model(mcfg, shape, num_classes)
+
+
+def route_accuracy(cfg: FewLabelConfig, cell: BudgetCell, ctx: CellContext) -> dict:
+    """Validation and test accuracy of one route at one budget (the seed's labelled rows)."""
+    splits, ds = ctx.data(cfg, seed=cell.seed), ctx.dataset(cfg)
+    k, frac = next((k, f) for name, k, f in budgets(cfg, ctx.data(cfg).train.y.cpu().numpy()) if name == cell.budget)
+    rows = labelled_rows(splits.train.y.cpu().numpy(), k, frac, cell.seed)
+    if cell.arm in MODES:
+        ae = load_state_arrays(build_ae(cfg, ds.shape, ds.num_classes), ctx.deps[BudgetCell("pretrain", cell.seed).key])
+        clf = train_classifier(ae, splits.train.subset(rows), cell.arm, cfg.clf, num_classes=ds.num_classes,
+                               min_steps=cfg.clf_min_steps, seed=cell.seed)
+        return {"n_labels": len(rows), "val_acc": accuracy(clf, splits.val), "test_acc": accuracy(clf, splits.test)}
+    x = {part: getattr(splits, part).x.flatten(1).float().div(255).cpu().numpy() for part in ("train", "val", "test")}
+    y = {part: getattr(splits, part).y.cpu().numpy() for part in ("train", "val", "test")}
+    f = lambda a: a  # noqa: E731  logreg on pixels, or on a PCA fitted to every training image (no labels)
+    if cell.arm == "logreg_pca":
+        f = ctx.cached(("few-label-pca", cfg.data.name, cell.seed, cfg.pca_dim), lambda: PCA(
+            min(cfg.pca_dim, x["train"].shape[1]), random_state=cell.seed).fit(x["train"])).transform
+    clf = LogisticRegression(max_iter=300, random_state=cell.seed).fit(f(x["train"][rows]), y["train"][rows])
+    return {"n_labels": len(rows), **{f"{p}_acc": float(clf.score(f(x[p]), y[p])) for p in ("val", "test")}}
 
 
 @register_study("few-label")
-class FewLabelStudy:
+class FewLabelStudy(Study):
     Config = FewLabelConfig
+    headline = "test_acc"
 
-    def run(self, cfg: FewLabelConfig, out: Path) -> dict:
-        if cfg.quick:
-            cfg.train.epochs, cfg.clf.epochs, cfg.clf_min_steps = min(cfg.train.epochs, 5), 2, 150
-            cfg.min_steps = min(cfg.min_steps, 500)
-        ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
-        probe = to_device(ds, "cpu", cfg.data.val_fraction, cfg.seed).train.y.numpy()
-        plan = budgets(cfg, probe)
-        per_seed = [one_seed(cfg, ds, seed, plan) for _, seed in each_seed(cfg, "few-label")]
-        result = summarise(per_seed, plan, cfg)
+    def preset(self, cfg: FewLabelConfig) -> FewLabelConfig:
+        return replace(cfg, train=replace(cfg.train, epochs=min(cfg.train.epochs, 5)),
+                       clf=replace(cfg.clf, epochs=2), clf_min_steps=150, min_steps=min(cfg.min_steps, 500))
+
+    def cells(self, cfg: FewLabelConfig) -> list[Cell]:
+        plan = budgets(cfg, train_labels(cfg))  # budgets larger than the smallest class are skipped
+        return [BudgetCell("pretrain", s) for s in seeds_of(cfg)] + \
+            [BudgetCell(r, s, budget=name) for s in seeds_of(cfg) for name, _, _ in plan for r in (*MODES, *BASELINES)]
+
+    def needs(self, cfg: FewLabelConfig, cell: Cell) -> list[Cell]:
+        return [BudgetCell("pretrain", cell.seed)] if cell.arm in MODES else []
+
+    def run_cell(self, cfg: FewLabelConfig, cell: BudgetCell, ctx: CellContext) -> dict:
+        if cell.arm != "pretrain":
+            return route_accuracy(cfg, cell, ctx)
+        splits, ds = ctx.data(cfg, seed=cell.seed), ctx.dataset(cfg)
+        torch.manual_seed(cell.seed)  # a denoising AE on every training image, labels unused
+        ae = build_ae(cfg, ds.shape, ds.num_classes)
+        fit(ae, splits.train, with_min_steps(cfg.train, len(splits.train), cfg.min_steps), seed=cell.seed)
+        return state_arrays(ae)
+
+    def summarize(self, cfg: FewLabelConfig, results: Results, out: Path) -> dict:
+        plan = budgets(cfg, train_labels(cfg))
+        result = summarise(results, plan, cfg)
         draw(result, plan, out)
         return result
 
 
-def summarise(per_seed: list[dict], plan, cfg: FewLabelConfig) -> dict:
-    """Per budget and route, test accuracy over seeds; the fewest-labels verdict; Q8's gap."""
+def train_labels(cfg: FewLabelConfig) -> np.ndarray:
+    """The labels of the study seed's training split (which budgets fit is decided on it)."""
+    y = dataset_of(cfg).y_train
+    return y[split_rows(len(y), cfg.data.val_fraction, cfg.seed)[0]]
+
+
+def summarise(results: Results, plan, cfg: FewLabelConfig) -> dict:
+    """Per budget and route, test accuracy over seeds; the fewest-labels verdict and Q8's gap, with the
+    route chosen by validation accuracy and reported on test."""
     routes = (*MODES, *BASELINES)
     skipped = [f"k{k}" for k in cfg.labels_per_class if f"k{k}" not in {p[0] for p in plan}]
     res: dict = {"routes": list(routes), "skipped_budgets": skipped}  # larger than the smallest class
+    test = lambda name, r: results.column("test_acc", arm=r, budget=name)  # noqa: E731  (paired by seed)
+    val = lambda name, r: float(np.mean(results.column("val_acc", arm=r, budget=name)))  # noqa: E731
     for name, _, _ in plan:
-        res[name] = {"n_labels": per_seed[0][name]["n_labels"],
-                     **{r: stats.summary([s[name][r] for s in per_seed]) for r in routes}}
+        res[name] = {"n_labels": results.column("n_labels", arm="logreg_pixels", budget=name)[0],
+                     **{r: stats.summary(test(name, r)) for r in routes}, "val_mean": {r: val(name, r) for r in routes}}
     first = plan[0][0]
-    best = max(MODES, key=lambda r: res[first][r]["mean"])
-    diff = stats.paired([s[first][best] for s in per_seed], [s[first]["logreg_pixels"] for s in per_seed])
-    res["fewest_labels"] = {"budget": first, "best_route": best, "vs_logreg_pixels": diff,
+    best = max(MODES, key=lambda r: val(first, r))
+    diff = stats.paired(test(first, best), test(first, "logreg_pixels"))
+    res["fewest_labels"] = {"budget": first, "best_route": best, "chosen_by": "validation accuracy",
+                            "vs_logreg_pixels": diff,
                             "verdict": f"{best} vs logistic regression on pixels with {res[first]['n_labels']} "
                                        f"labels: {stats.verdict(diff)}"}
     if "p10" in res and "p100" in res:  # seed 004 Q8 in numbers
-        pre = max(("finetune", "probe"), key=lambda r: res["p10"][r]["mean"])
-        gap = stats.paired([s["p10"][pre] for s in per_seed], [s["p100"]["scratch"] for s in per_seed])
+        pre = max(("finetune", "probe"), key=lambda r: val("p10", r))
+        gap = stats.paired(test("p10", pre), test("p100", "scratch"))
         res["q8"] = {"pretrained_route": pre, "gap_to_scratch_all_labels": gap,
                      "answer": f"with 10% of the labels, {pre} reaches {res['p10'][pre]['mean']:.3f} against "
                                f"{res['p100']['scratch']['mean']:.3f} for scratch on all labels "

@@ -25,14 +25,13 @@ from scipy import linalg
 
 from .. import stats
 from ..config import TrainConfig
-from ..data import load_dataset
-from ..data.device import pick_device, to_device
-from ..engine import encode_all
+from ..engine import encode_all, fit
 from ..errors import ConfigError
 from ..models import build_model, get_model_class
-from .base import StudyConfig, each_seed, note, register_study, train_seeds
-from .generation_figures import attribute_vector, decode_images, draw_figures
-from .hashing_classifier import apply_batched, images, train_classifier
+from .base import (Cell, CellContext, Results, Study, StudyConfig, dataset_of, load_state_arrays, register_study,
+                   seeds_of, state_arrays)
+from .generation_figures import attribute_vector, decode_images, draw_figures, figure_arrays
+from .hashing_classifier import SmallCNN, apply_batched, images, train_classifier
 
 ARMS = ("vae", "ae_gauss", "real_test")
 
@@ -118,13 +117,12 @@ def pick_classes(cfg: GenerationConfig, classes: list[str]) -> tuple[int, int]:
     return names.index(wanted[0]), names.index(wanted[1])
 
 
-def run_seed(cfg: GenerationConfig, ds, splits, seed: int, ab: tuple[int, int], vae, ae,
-             out: Path | None) -> dict[str, float]:
-    """One seed's trained VAE and AE, its classifier, and every measurement of that seed."""
+def run_seed(cfg: GenerationConfig, ds, splits, seed: int, ab: tuple[int, int], vae, ae, clf,
+             figures: bool) -> dict:
+    """Every measurement of one seed's trained VAE, AE and classifier (and, with `figures`, the images
+    the figures show)."""
     tr, te, device = splits.train, splits.test, splits.train.device
-    vae.eval(), ae.eval()
-    ncls = max(ds.num_classes, int(ds.y_train.max()) + 1)
-    clf = train_classifier(tr, ds.shape, ncls, cfg.train, cfg.cnn_epochs, seed, cfg.feat_dim)
+    vae.eval(), ae.eval(), clf.eval()
     n = cfg.n_samples or min(len(te), 10_000)
     gen = torch.Generator().manual_seed(seed)
     gauss = GaussianCodes(encode_all(ae, tr))
@@ -132,7 +130,7 @@ def run_seed(cfg: GenerationConfig, ds, splits, seed: int, ab: tuple[int, int], 
             "ae_gauss": decode_images(ae, gauss.sample(n, gen), device),
             "real_test": images(te)[:n].cpu()}
     ref = moments(apply_batched(clf.features, images(tr)))
-    res: dict[str, float] = {}
+    res: dict = {}
     for arm, x in arms.items():
         probs = torch.softmax(apply_batched(clf.logits, x.to(device)), dim=1)  # (n, K)
         mean_p = probs.mean(0)
@@ -147,45 +145,76 @@ def run_seed(cfg: GenerationConfig, ds, splits, seed: int, ab: tuple[int, int], 
         z_b = encode_all(model, te.subset(torch.nonzero(te.y == b).flatten()))
         moved = decode_images(model, z_b + v, device).to(device)
         res[f"attribute_transfer.{name}"] = float((apply_batched(clf.logits, moved).argmax(1) == a).float().mean())
-    if out is not None:
-        draw_figures(cfg, vae, ae, gauss, tr, te, (a, b), ds.classes, out)
-    return res
+    return res | (figure_arrays(cfg, vae, ae, gauss, tr, te, ab) if figures else {})
+
+
+def build_instrument(cfg: GenerationConfig, shape, num_classes: int) -> SmallCNN:
+    return SmallCNN(shape, num_classes, cfg.feat_dim)
 
 
 @register_study("generation")
-class GenerationStudy:
+class GenerationStudy(Study):
     Config = GenerationConfig
+    headline = "fd.vae"
 
-    def run(self, cfg: GenerationConfig, out: Path) -> dict:
-        if cfg.quick:
-            cfg.train = replace(cfg.train, epochs=min(cfg.train.epochs, 3))
-            cfg.cnn_epochs = 1
-            cfg.n_samples = cfg.n_samples or 2000
-        ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
-        device = pick_device(cfg.train.device)
-        names = ds.classes or [str(i) for i in range(int(ds.y_train.max()) + 1)]
-        a, b = pick_classes(cfg, names)  # before training: a bad class name fails at once
-        splits = to_device(ds, device, 0.0, cfg.seed)  # no validation rows, no hidden labels: one set for all seeds
-        seeds = [cfg.seed + i for i in range(cfg.seeds)]
-        vaes = train_seeds(cfg, lambda: build_arm(cfg, ds.shape, "vae"), splits.train, cfg.train, seeds)
-        aes = train_seeds(cfg, lambda: build_arm(cfg, ds.shape, "ae"), splits.train, cfg.train, seeds)
-        note(f"generation: the VAE and the AE of {len(seeds)} seed(s) trained")
-        rows = [run_seed(cfg, ds, splits, seed, (a, b), vaes[i], aes[i], out / "figures" if i == 0 else None)
-                for i, seed in each_seed(cfg, "generation")]
-        per = {k: [r[k] for r in rows] for k in rows[0]}
+    def preset(self, cfg: GenerationConfig) -> GenerationConfig:
+        return replace(cfg, train=replace(cfg.train, epochs=min(cfg.train.epochs, 3)), cnn_epochs=1,
+                       n_samples=cfg.n_samples or 2000)
+
+    def cells(self, cfg: GenerationConfig) -> list[Cell]:
+        pick_classes(cfg, class_names(dataset_of(cfg)))  # before anything trains: a bad class name fails at once
+        return [Cell(part, seed) for seed in seeds_of(cfg) for part in (*PARTS, "measure")]
+
+    def needs(self, cfg: GenerationConfig, cell: Cell) -> list[Cell]:
+        return [Cell(part, cell.seed) for part in PARTS] if cell.arm == "measure" else []
+
+    def run_cell(self, cfg: GenerationConfig, cell: Cell, ctx: CellContext) -> dict:
+        ds = ctx.dataset(cfg)
+        splits = ctx.data(cfg, val_fraction=0.0)  # no validation rows, no hidden labels: one set for all seeds
+        ncls = max(ds.num_classes, int(ds.y_train.max()) + 1)
+        if cell.arm == "classifier":
+            return state_arrays(train_classifier(splits.train, ds.shape, ncls, cfg.train, cfg.cnn_epochs, cell.seed,
+                                                 cfg.feat_dim))
+        if cell.arm in ("vae", "ae"):
+            torch.manual_seed(cell.seed)
+            model = build_arm(cfg, ds.shape, cell.arm)
+            fit(model, splits.train, cfg.train, seed=cell.seed)
+            return state_arrays(model)
+        models = {part: load_state_arrays(build_arm(cfg, ds.shape, part) if part != "classifier" else
+                                          build_instrument(cfg, ds.shape, ncls), ctx.deps[Cell(part, cell.seed).key])
+                  .to(splits.train.device) for part in PARTS}
+        ab = pick_classes(cfg, class_names(ds))
+        res = run_seed(cfg, ds, splits, cell.seed, ab, models["vae"], models["ae"], models["classifier"],
+                       figures=cell.seed == cfg.seed)
+        return res | {"classes": class_names(ds), "n_samples": cfg.n_samples or min(len(splits.test), 10_000)}
+
+    def summarize(self, cfg: GenerationConfig, results: Results, out: Path) -> dict:
+        rows = results.where(arm="measure")
+        keys = [k for k in rows.rows[0] if "." in k and not k.startswith("fig.") or k == "classifier_test_acc"]
         res: dict = {}
-        for key, vals in per.items():  # "fd.vae" -> res["fd"]["vae"]
+        for key in keys:  # "fd.vae" -> res["fd"]["vae"]
             group, _, arm = key.partition(".")
             if arm:
-                res.setdefault(group, {})[arm] = stats.summary(vals)
+                res.setdefault(group, {})[arm] = stats.summary(rows.column(key))
             else:
-                res[group] = stats.summary(vals)
-        diff = stats.paired(per["fd.vae"], per["fd.ae_gauss"])
+                res[group] = stats.summary(rows.column(key))
+        diff = stats.paired(rows.column("fd.vae"), rows.column("fd.ae_gauss"))
         res["vae_minus_ae_gauss_fd"] = diff
         res["verdict"] = (f"VAE samples vs AE + fitted Gaussian, Fréchet distance (lower is better): "
                           f"{stats.verdict(diff, higher_is_better=False)} ({diff['mean']:+.3g}, 95% CI "
                           f"[{diff['ci95'][0]:+.3g}, {diff['ci95'][1]:+.3g}], {diff['n']} paired seeds); "
                           f"real held-out floor {res['fd']['real_test']['mean']:.3g}")
+        first = rows.one(seed=cfg.seed)
+        names = list(first["classes"])
+        a, b = pick_classes(cfg, names)
         res["setup"] = {"attribute": f"{names[a]} - {names[b]}", "latent_dim": cfg.latent_dim,
-                        "n_samples": cfg.n_samples or min(len(ds.y_test), 10_000), "feat_dim": cfg.feat_dim}
+                        "n_samples": first["n_samples"], "feat_dim": cfg.feat_dim}
+        draw_figures(cfg, first, res["setup"]["attribute"], out / "figures")
         return res
+
+
+PARTS = ("vae", "ae", "classifier")  # trained in their own cells; the seed's "measure" cell reads all three
+
+
+def class_names(ds) -> list[str]:
+    return list(ds.classes) or [str(i) for i in range(int(ds.y_train.max()) + 1)]

@@ -13,7 +13,6 @@ training set before the seeds run.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,15 +21,14 @@ import torch
 
 from .. import stats
 from ..config import TrainConfig
-from ..data import load_dataset
-from ..data.device import DeviceData, pick_device, to_device
-from ..engine import encode_all
+from ..data.device import DeviceData
+from ..engine import encode_all, fit
 from ..errors import ConfigError
 from ..models import build_model
 from ..models.hashing import SemHashConfig
 from ..report import plots
 from ..retrieval import evaluate_hash, nearest
-from .base import StudyConfig, each_seed, note, register_study, train_seeds
+from .base import Cell, CellContext, Results, Study, StudyConfig, register_study, seeds_of
 from .hashing_baselines import ITQ, LSH
 from .hashing_classifier import apply_batched, images, train_classifier
 
@@ -75,98 +73,108 @@ def flat(data: DeviceData) -> np.ndarray:
     return images(data).flatten(1).cpu().numpy()
 
 
-def tune(train: DeviceData, shape, cfg: HashingConfig, epochs: int) -> dict:
-    """(noise_std, hidden) with the best mAP: fit on part of the training set, query with the rest."""
+def tune_points(cfg: HashingConfig) -> list[tuple[tuple[int, ...], float]]:
+    return [(tuple(h), noise) for h in cfg.tune_hidden for noise in cfg.tune_noise]
+
+
+def tune_score(cfg: HashingConfig, train: DeviceData, shape, point: int) -> float:
+    """mAP of one (hidden, noise_std) point: fit on part of the training set, query with the rest."""
+    hidden, noise = tune_points(cfg)[point]
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).to(train.device)
     n_q = max(1, int(cfg.tune_fraction * len(train)))
     fit_part, held = train.subset(perm[n_q:]), train.subset(perm[:n_q])
-    scores = {}
-    for hidden in cfg.tune_hidden:
-        for noise in cfg.tune_noise:
-            build = lambda: build_ae(shape, cfg, hidden, noise)  # noqa: E731
-            model = train_seeds(cfg, build, fit_part, replace(cfg.train, epochs=epochs), [cfg.seed])[0]
-            res = evaluate_hash(encode_all(model, held).numpy() > 0.5, held.y.cpu().numpy(),
-                                encode_all(model, fit_part).numpy() > 0.5, fit_part.y.cpu().numpy(), cfg.k)
-            scores[f"noise={noise} hidden={list(hidden)}"] = (res["map"], noise, tuple(hidden))
-    best = max(scores.values())
-    return {"noise_std": best[1], "hidden": list(best[2]), "val_map": {k: v[0] for k, v in scores.items()}}
+    torch.manual_seed(cfg.seed)
+    model = build_ae(shape, cfg, hidden, noise)
+    fit(model, fit_part, replace(cfg.train, epochs=max(1, cfg.train.epochs // 3)), seed=cfg.seed)
+    res = evaluate_hash(encode_all(model, held).numpy() > 0.5, held.y.cpu().numpy(),
+                        encode_all(model, fit_part).numpy() > 0.5, fit_part.y.cpu().numpy(), cfg.k)
+    return res["map"]
 
 
-def hashes(splits, shape, num_classes: int, cfg: HashingConfig, seed: int, ae):
-    """{method: (train bits (N, bits), test bits (M, bits))} for one seed (its trained AE given), plus
-    the AE's saturation."""
+def method_bits(cfg: HashingConfig, method: str, splits, shape, ncls: int, seed: int, setting: dict):
+    """(train bits, test bits) of one method for one seed, and extra numbers (the AE's saturation)."""
     tr, te = splits.train, splits.test
-    z_te = encode_all(ae, te).numpy()
-    out = {"ae": (encode_all(ae, tr).numpy() > 0.5, z_te > 0.5)}
+    if method == "ae":
+        torch.manual_seed(seed)
+        ae = build_ae(shape, cfg, setting["hidden"], setting["noise_std"])
+        fit(ae, tr, cfg.train, seed=seed)
+        z_te = encode_all(ae, te).numpy()
+        # fraction of test code units within 0.1 of 0 or 1: how cleanly the noise made them bits
+        return encode_all(ae, tr).numpy() > 0.5, z_te > 0.5, {"saturation": float((np.minimum(z_te, 1 - z_te) < 0.1).mean())}
+    if method == "cnn":
+        cnn = train_classifier(tr, shape, ncls, cfg.train, cfg.cnn_epochs, seed, cfg.bits, "sigmoid")
+        return (*(apply_batched(cnn.features, images(d)).numpy() > 0.5 for d in (tr, te)), {})
     x_tr, x_te = flat(tr), flat(te)
-    itq = ITQ(cfg.bits, seed=seed).fit(x_tr)
-    out["itq"] = (itq.transform(x_tr), itq.transform(x_te))
-    lsh = LSH(cfg.bits, seed=seed).fit(x_tr)
-    out["lsh"] = (lsh.transform(x_tr), lsh.transform(x_te))
-    cnn = train_classifier(tr, shape, num_classes, cfg.train, cfg.cnn_epochs, seed, cfg.bits, "sigmoid")
-    out["cnn"] = tuple(apply_batched(cnn.features, images(d)).numpy() > 0.5 for d in (tr, te))
-    # fraction of test code units within 0.1 of 0 or 1: how cleanly the noise made them bits
-    saturation = float((np.minimum(z_te, 1 - z_te) < 0.1).mean())
-    return out, saturation
+    h = (ITQ if method == "itq" else LSH)(cfg.bits, seed=seed).fit(x_tr)
+    return h.transform(x_tr), h.transform(x_te), {}
 
 
-def neighbours_page(codes: dict, x_tr: torch.Tensor, x_te: torch.Tensor, cfg: HashingConfig, figs: Path) -> None:
-    """Per method: each row a test query, then its nearest index images by Hamming distance."""
+def neighbour_images(tr_bits, te_bits, x_tr: torch.Tensor, x_te: torch.Tensor, cfg: HashingConfig) -> np.ndarray:
+    """Each row a test query, then its nearest index images by Hamming distance: (q * (n + 1), C, H, W) uint8."""
     q = min(cfg.show_queries, len(x_te))
-    for m, (tr_bits, te_bits) in codes.items():
-        idx = nearest(te_bits[:q], tr_bits, cfg.neighbours)  # (q, n)
-        rows = [torch.cat([x_te[i:i + 1], x_tr[torch.as_tensor(idx[i])]]) for i in range(q)]
-        grid = torch.cat(rows).cpu().numpy()
-        title = f"{m}: query, then its {idx.shape[1]} nearest training images ({cfg.bits} bits)"
-        plots.save(plots.image_grid(grid, nrow=idx.shape[1] + 1, title=title), figs / f"neighbours_{m}.png")
+    idx = nearest(te_bits[:q], tr_bits, cfg.neighbours)  # (q, n)
+    return torch.cat([torch.cat([x_te[i:i + 1], x_tr[torch.as_tensor(idx[i])]]) for i in range(q)]).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class TuneCell(Cell):
+    point: int = 0  # index into tune_points(cfg)
 
 
 @register_study("hashing")
-class HashingStudy:
+class HashingStudy(Study):
     Config = HashingConfig
+    headline = "map"
 
-    def run(self, cfg: HashingConfig, out: Path) -> dict:
-        if cfg.quick:
-            cfg.train = replace(cfg.train, epochs=min(cfg.train.epochs, 3))
-            cfg.cnn_epochs = 1
-        ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
-        device = pick_device(cfg.train.device)
-        shape, ncls = ds.shape, max(ds.num_classes, int(ds.y_train.max()) + 1)
-        base = to_device(ds, device, 0.0, cfg.seed)  # index = the whole training set
-        noise, hidden, tuned = cfg.noise_std, cfg.hidden, None
-        if cfg.tune:
-            tuned = tune(base.train, shape, cfg, max(1, cfg.train.epochs // 3))
-            noise, hidden = tuned["noise_std"], tuned["hidden"]
-        per: dict[str, dict[str, list[float]]] = {m: {} for m in METHODS}
-        saturation, seconds = [], []
-        seeds = [cfg.seed + i for i in range(cfg.seeds)]
-        aes = train_seeds(cfg, lambda: build_ae(shape, cfg, hidden, noise), base.train, cfg.train, seeds)
-        note(f"hashing: the AEs of {len(seeds)} seed(s) trained")
-        for i, seed in each_seed(cfg, "hashing"):
-            codes, sat = hashes(base, shape, ncls, cfg, seed, aes[i])
-            saturation.append(sat)
-            y_tr, y_te = base.train.y.cpu().numpy(), base.test.y.cpu().numpy()
-            for m, (tr_bits, te_bits) in codes.items():
-                t0 = time.perf_counter()
-                res = evaluate_hash(te_bits, y_te, tr_bits, y_tr, cfg.k, cfg.radius)
-                seconds.append(time.perf_counter() - t0)
-                for key, v in res.items():
-                    per[m].setdefault(key, []).append(v)
-            if i == 0:
-                neighbours_page(codes, images(base.train), images(base.test), cfg, out / "figures")
-        return self.metrics(cfg, per, saturation, seconds, noise, hidden, tuned)
+    def preset(self, cfg: HashingConfig) -> HashingConfig:
+        return replace(cfg, train=replace(cfg.train, epochs=min(cfg.train.epochs, 3)), cnn_epochs=1)
 
-    def metrics(self, cfg, per, saturation, seconds, noise, hidden, tuned) -> dict:
-        res: dict = {m: {k: stats.summary(v) for k, v in vals.items()} for m, vals in per.items()}
-        diff = stats.paired(per["ae"]["map"], per["itq"]["map"])
-        word = stats.verdict(diff, higher_is_better=True)
+    def cells(self, cfg: HashingConfig) -> list[Cell]:
+        tune = [TuneCell("tune", cfg.seed, point=i) for i in range(len(tune_points(cfg)))] if cfg.tune else []
+        return tune + [Cell(m, s) for s in seeds_of(cfg) for m in METHODS]
+
+    def needs(self, cfg: HashingConfig, cell: Cell) -> list[Cell]:
+        return [c for c in self.cells(cfg) if isinstance(c, TuneCell)] if cell.arm == "ae" else []
+
+    def run_cell(self, cfg: HashingConfig, cell: Cell, ctx: CellContext) -> dict:
+        ds, splits = ctx.dataset(cfg), ctx.data(cfg, val_fraction=0.0)  # index = the whole training set
+        ncls = max(ds.num_classes, int(ds.y_train.max()) + 1)
+        if isinstance(cell, TuneCell):
+            return {"map": tune_score(cfg, splits.train, ds.shape, cell.point)}
+        setting = self.setting(cfg, [ctx.deps[c.key]["map"] for c in self.needs(cfg, cell)])
+        tr_bits, te_bits, extra = method_bits(cfg, cell.arm, splits, ds.shape, ncls, cell.seed, setting)
+        res = evaluate_hash(te_bits, splits.test.y.cpu().numpy(), tr_bits, splits.train.y.cpu().numpy(), cfg.k,
+                            cfg.radius)
+        if cell.seed == cfg.seed:
+            res["neighbours"] = neighbour_images(tr_bits, te_bits, splits.train.x, splits.test.x, cfg)
+        return res | extra
+
+    def setting(self, cfg: HashingConfig, scores: list[float]) -> dict:
+        if not scores:
+            return {"noise_std": cfg.noise_std, "hidden": list(cfg.hidden)}
+        hidden, noise = tune_points(cfg)[int(np.argmax(scores))]
+        return {"noise_std": noise, "hidden": list(hidden)}
+
+    def summarize(self, cfg: HashingConfig, results: Results, out: Path) -> dict:
+        keys = [k for k, v in results.one(arm="ae", seed=cfg.seed).items()
+                if isinstance(v, float) and k not in ("saturation",)]
+        res: dict = {m: {k: stats.summary(results.column(k, arm=m)) for k in keys} for m in METHODS}
+        diff = stats.paired(results.column("map", arm="ae"), results.column("map", arm="itq"))
         res["ae_minus_itq_map"] = diff
-        res["verdict"] = (f"AE hash vs PCA-ITQ mAP at {cfg.bits} bits: {word} "
+        res["verdict"] = (f"AE hash vs PCA-ITQ mAP at {cfg.bits} bits: {stats.verdict(diff)} "
                           f"({diff['mean']:+.4f}, 95% CI [{diff['ci95'][0]:+.4f}, {diff['ci95'][1]:+.4f}], "
                           f"{diff['n']} paired seeds)")
-        res["ae_code_saturation"] = stats.summary(saturation)
-        res["setup"] = {"bits": cfg.bits, "noise_std": noise, "hidden": list(hidden), "k": cfg.k,
-                        "radius": cfg.radius, "tuned": tuned,
-                        "retrieval_seconds_per_method": float(np.mean(seconds)),
+        res["ae_code_saturation"] = stats.summary(results.column("saturation", arm="ae"))
+        tuned = None
+        if cfg.tune:
+            scores = results.column("map", arm="tune")
+            tuned = self.setting(cfg, scores) | {"val_map": {f"noise={n} hidden={list(h)}": s for (h, n), s
+                                                             in zip(tune_points(cfg), scores)}}
+        setting = self.setting(cfg, results.column("map", arm="tune") if cfg.tune else [])
+        res["setup"] = {"bits": cfg.bits, **setting, "k": cfg.k, "radius": cfg.radius, "tuned": tuned,
                         "ties": "expected AP and precision@k under a uniformly random order of equal distances"}
+        for m in METHODS:
+            grid = results.one(arm=m, seed=cfg.seed)["neighbours"].astype(np.float32) / 255
+            title = f"{m}: query, then its {cfg.neighbours} nearest training images ({cfg.bits} bits)"
+            plots.save(plots.image_grid(grid, nrow=cfg.neighbours + 1, title=title), out / "figures" / f"neighbours_{m}.png")
         return res

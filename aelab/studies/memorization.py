@@ -21,15 +21,14 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
-from ..data import load_dataset
-from ..data.device import DeviceData, pick_device, to_device
+from ..data.device import DeviceData
 from ..engine import fit
 from ..errors import ConfigError
 from ..models import build_model
 from ..models.adversarial import AdversarialConfig
 from ..models.conv import ConvConfig
 from . import memorization_measures as ms
-from .base import StudyConfig, note, register_study
+from .base import Cell, CellContext, Results, Study, StudyConfig, dataset_of, register_study, seeds_of
 from .memorization_report import report
 
 QUICK = dict(seeds=3, sizes=(1000, 5000), lambdas=(-3.0, 0.0, 3.0), bounded=("hinge",), steps=200,
@@ -69,17 +68,32 @@ class MemorizationConfig(StudyConfig):
         self.model.check()
 
 
-def _arms(cfg: MemorizationConfig, tuned: dict[str, dict]) -> dict[str, dict]:
-    """Arm name -> model-config overrides (and `weight_decay`); 'plain' (lam = 0) is the reference."""
-    arms: dict[str, dict] = {}
+def arms(cfg: MemorizationConfig) -> dict[str, dict]:
+    """Arm name -> model-config overrides; 'plain' (lam = 0) is the reference; the tuned baselines'
+    overrides come from their tuning cells (`TUNED`)."""
+    out: dict[str, dict] = {}
     for lam in sorted(cfg.lambdas):
         name = "plain" if lam == 0 else f"lam={lam:+g}"
-        arms[name] = {"lam": abs(lam), "mode": "plus" if lam < 0 else "minus"}
+        out[name] = {"lam": abs(lam), "mode": "plus" if lam < 0 else "minus"}
     top = max(cfg.lambdas)
     for form in cfg.bounded if top > 0 else ():
-        arms[f"{form} lam={top:g}"] = ({"lam": top, "layernorm": True} if form == "layernorm"
-                                       else {"lam": top, "mode": form})
-    return arms | tuned
+        out[f"{form} lam={top:g}"] = ({"lam": top, "layernorm": True} if form == "layernorm"
+                                      else {"lam": top, "mode": form})
+    return out | {name: {} for name in TUNED}
+
+
+TUNED = {"weight decay": ("weight_decay", "tune_wd"), "dropout": ("dropout", "tune_dropout"),
+         "vib": ("vib_beta", "tune_vib")}  # baseline -> (its override, the config field of its grid)
+
+
+def grid(cfg: MemorizationConfig, baseline: str) -> list[dict]:
+    key, field_name = TUNED[baseline]
+    return [{key: v} for v in getattr(cfg, field_name)]
+
+
+@dataclass(frozen=True)
+class TuneCell(Cell):
+    point: int = 0  # index into the baseline's grid
 
 
 def _train(cfg: MemorizationConfig, over: dict, data: DeviceData, seed: int, test: DeviceData | None = None):
@@ -100,23 +114,6 @@ def _train(cfg: MemorizationConfig, over: dict, data: DeviceData, seed: int, tes
 
     fit(model, data, tcfg, seed=seed, on_epoch=on_epoch if test is not None else None)
     return model, curve
-
-
-def _tune(cfg: MemorizationConfig, train: DeviceData, val: DeviceData, seed: int) -> tuple[dict, dict]:
-    """Each baseline's grid, the same size and epoch budget, scored by validation accuracy."""
-    grids = {"weight decay": [{"weight_decay": v} for v in cfg.tune_wd],
-             "dropout": [{"dropout": v} for v in cfg.tune_dropout],
-             "vib": [{"vib_beta": v} for v in cfg.tune_vib]}
-    best, scores = {}, {}
-    for name, grid in grids.items():
-        accs = []
-        for over in grid:
-            model, _ = _train(cfg, over, train, seed)
-            probs, _ = ms.per_example(model, val)
-            accs.append(float((probs.argmax(1) == val.y.cpu().numpy()).mean()))
-        best[name] = grid[int(np.argmax(accs))]
-        scores[name] = {"grid": grid, "val_acc": accs, "chosen": best[name]}
-    return best, scores
 
 
 def _measure(model, train: DeviceData, test: DeviceData, cfg: MemorizationConfig, ref: dict,
@@ -169,47 +166,70 @@ def _noise_run(cfg, over, sub: DeviceData, test: DeviceData, seed: int, classes:
 
 
 @register_study("memorization")
-class Memorization:
+class Memorization(Study):
     Config = MemorizationConfig
+    headline = "test_acc"
 
-    def run(self, cfg: MemorizationConfig, out: Path) -> dict:
-        if cfg.quick:
-            cfg = dataclasses.replace(cfg, **QUICK, noise_sizes=QUICK["sizes"][:1])
-        device = pick_device(cfg.train.device)
-        ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
-        splits = to_device(ds, device, cfg.data.val_fraction, cfg.seed)
-        classes = ds.num_classes
-        sizes = list(dict.fromkeys(n if 0 < n < len(splits.train) else 0 for n in cfg.sizes))
-        records: dict[str, dict[str, list[dict]]] = {}
-        ae_err = _reference_ae(cfg, splits.train, splits.test, cfg.seed)
-        extras: dict = {"tuning": {}, "curves": {}, "recons": {}}
-        for n in sizes:
-            key = f"N={n or len(splits.train)}"
-            tuned, extras["tuning"][key] = _tune(cfg, _subset(splits.train, n, cfg.seed), splits.val, cfg.seed)
-            arms = _arms(cfg, tuned)
-            records[key] = {a: [] for a in arms}
-            for s in range(cfg.seeds):
-                self._one_seed(cfg, arms, n, key, cfg.seed + s, splits, classes, records, extras, ae_err,
-                               s == 0 and n == sizes[-1])
-                note(f"memorization {key}: seed {s + 1}/{cfg.seeds} done ({len(arms)} arms)")
-        return report(cfg, records, extras, out)
+    def preset(self, cfg: MemorizationConfig) -> MemorizationConfig:
+        return dataclasses.replace(cfg, **QUICK, noise_sizes=QUICK["sizes"][:1])
 
-    def _one_seed(self, cfg, arms, n, key, seed, splits, classes, records, extras, ae_err, show: bool) -> None:
-        """Every arm on one seed's training subset; `show`: keep curves and probe reconstructions."""
-        sub = _subset(splits.train, n, seed)
-        cm_err, means = ms.class_mean_error(sub, splits.test, classes)
-        ref = {"class_mean_mse": cm_err, "ae_mse": ae_err}
-        noise_sizes = {m if 0 < m < len(splits.train) else 0 for m in cfg.noise_sizes}
-        for arm, over in arms.items():
-            model, curve = _train(cfg, over, sub, seed, splits.test if show else None)
-            rec, recons = _measure(model, sub, splits.test, cfg, ref, seed)
-            rec |= {f"ref_{k}": v for k, v in ref.items()}
-            if n in noise_sizes:
-                rec |= _noise_run(cfg, over, sub, splits.test, seed, classes)
-            records[key][arm].append(rec)
-            if show:
-                extras["curves"][arm], extras["recons"][arm] = curve, recons
-        if show:
-            extras["test_y"] = splits.test.y.cpu().numpy()
-            extras["recons"] = {"original": splits.test.x.float() / 255, "class mean": means[splits.test.y],
-                                **extras["recons"]}
+    def cells(self, cfg: MemorizationConfig) -> list[Cell]:
+        tune = [TuneCell(f"tune:{b}", cfg.seed, n, point=i) for n in sizes(cfg) for b in TUNED
+                for i in range(len(grid(cfg, b)))]
+        return [Cell("reference-ae", cfg.seed)] + tune + \
+            [Cell(a, s, n) for n in sizes(cfg) for s in seeds_of(cfg) for a in arms(cfg)]
+
+    def needs(self, cfg: MemorizationConfig, cell: Cell) -> list[Cell]:
+        if cell.arm == "reference-ae" or isinstance(cell, TuneCell):
+            return []
+        tuned = [TuneCell(f"tune:{cell.arm}", cfg.seed, cell.n, point=i) for i in range(len(grid(cfg, cell.arm)))] \
+            if cell.arm in TUNED else []
+        return [Cell("reference-ae", cfg.seed)] + tuned
+
+    def run_cell(self, cfg: MemorizationConfig, cell: Cell, ctx: CellContext) -> dict:
+        splits = ctx.data(cfg)
+        if cell.arm == "reference-ae":
+            return {"ae_mse": _reference_ae(cfg, splits.train, splits.test, cell.seed)}
+        if isinstance(cell, TuneCell):  # each baseline's grid, same size and budget, scored on validation
+            model, _ = _train(cfg, grid(cfg, cell.arm[5:])[cell.point], _subset(splits.train, cell.n, cell.seed),
+                              cell.seed)
+            probs, _ = ms.per_example(model, splits.val)
+            return {"val_acc": float((probs.argmax(1) == splits.val.y.cpu().numpy()).mean())}
+        over = arms(cfg)[cell.arm]
+        if cell.arm in TUNED:
+            scores = [ctx.deps[d.key]["val_acc"] for d in self.needs(cfg, cell)[1:]]
+            over = grid(cfg, cell.arm)[int(np.argmax(scores))]
+        ae_err = ctx.deps[Cell("reference-ae", cfg.seed).key]["ae_mse"]
+        show = cell.seed == cfg.seed and cell.n == sizes(cfg)[-1]
+        return _one_run(cfg, cell, over, splits, ctx.dataset(cfg).num_classes, ae_err, show)
+
+    def summarize(self, cfg: MemorizationConfig, results: Results, out: Path) -> dict:
+        return report(cfg, results, out)
+
+
+def sizes(cfg: MemorizationConfig) -> list[int]:
+    """The training-set sizes, 0 for "all" (a size the training split cannot give counts as all)."""
+    from ..data.device import split_rows
+
+    n_train = len(split_rows(len(dataset_of(cfg).y_train), cfg.data.val_fraction, cfg.seed)[0])
+    return list(dict.fromkeys(n if 0 < n < n_train else 0 for n in cfg.sizes))
+
+
+def _one_run(cfg: MemorizationConfig, cell: Cell, over: dict, splits, classes: int, ae_err: float,
+             show: bool) -> dict:
+    """One arm on one seed's training subset: every measure (see the module docstring); `show`: also
+    its training curves and its probe's reconstructions of one test image per class."""
+    sub = _subset(splits.train, cell.n, cell.seed)
+    cm_err, means = ms.class_mean_error(sub, splits.test, classes)
+    ref = {"class_mean_mse": cm_err, "ae_mse": ae_err}
+    model, curve = _train(cfg, over, sub, cell.seed, splits.test if show else None)
+    rec, recons = _measure(model, sub, splits.test, cfg, ref, cell.seed)
+    rec |= {f"ref_{k}": v for k, v in ref.items()} | {"n_train": len(sub), "chosen": over}
+    if cell.n in {m if 0 < m < len(splits.train) else 0 for m in cfg.noise_sizes}:
+        rec |= _noise_run(cfg, over, sub, splits.test, cell.seed, classes)
+    if show:
+        y = splits.test.y.cpu().numpy()
+        idx = torch.as_tensor([int(np.flatnonzero(y == c)[0]) for c in np.unique(y)][:10])  # one per class
+        rec |= {"curve": curve, "recons": recons[idx], "originals": splits.test.x[idx].float() / 255,
+                "class_means": means[splits.test.y[idx]]}
+    return rec

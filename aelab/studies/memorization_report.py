@@ -70,7 +70,7 @@ def _sentence(key: str, per: dict, lam: float) -> str:
     return f"{key} ({n} paired seeds): " + (". ".join(parts) if parts else "no lambda arm to compare") + "."
 
 
-def _figures(records: dict, extras: dict, lambdas: list[float], fig_dir: Path) -> None:
+def _figures(records: dict, shown: list[dict], lambdas: list[float], fig_dir: Path) -> None:
     lam_arms = ["plain" if lam == 0 else f"lam={lam:+g}" for lam in lambdas]
     for metric in PLOTTED:
         ys = {}
@@ -82,30 +82,51 @@ def _figures(records: dict, extras: dict, lambdas: list[float], fig_dir: Path) -
             fig = plots.metric_vs(lambdas, ys, "lambda (< 0: CE + |lam| R, > 0: CE - lam R)",
                                   metric, f"{metric} against lambda (mean ± std over seeds)")
             plots.save(fig, fig_dir / f"{metric}_vs_lambda.png")
-    curves = extras.get("curves", {})
+    if not shown:
+        return
     for term in ("ce", "R", "test_acc"):
-        if curves:
-            ys = {a: (np.array([r[term] for r in c]), None) for a, c in curves.items() if c}
-            x = np.arange(1, len(next(iter(ys.values()))[0]) + 1)
-            plots.save(plots.metric_vs(x, ys, "epoch", term, f"{term} over training (first seed, largest N)"),
-                       fig_dir / f"curve_{term}.png")
-    rec = extras.get("recons", {})
-    if rec:
-        y = extras["test_y"]
-        idx = [int(np.flatnonzero(y == c)[0]) for c in np.unique(y)][:10]  # one test image per class
-        rows = [rec[a][idx].cpu().numpy() for a in rec]
-        fig = plots.image_grid(np.concatenate(rows), len(idx), title="rows: " + ", ".join(rec))
-        plots.save(fig, fig_dir / "probe_reconstructions.png")
+        ys = {r["arm"]: (np.array([c[term] for c in r["curve"]]), None) for r in shown if r["curve"]}
+        x = np.arange(1, len(next(iter(ys.values()))[0]) + 1)
+        plots.save(plots.metric_vs(x, ys, "epoch", term, f"{term} over training (first seed, largest N)"),
+                   fig_dir / f"curve_{term}.png")
+    rows = {"original": shown[0]["originals"], "class mean": shown[0]["class_means"]} | \
+        {r["arm"]: r["recons"] for r in shown}  # one test image per class, in each row
+    fig = plots.image_grid(np.concatenate(list(rows.values())), len(shown[0]["originals"]),
+                           title="rows: " + ", ".join(rows))
+    plots.save(fig, fig_dir / "probe_reconstructions.png")
 
 
-def report(cfg, records: dict, extras: dict, out: Path) -> dict:
-    """The study's metrics dict (run_study writes it); figures under out/figures."""
+def _tuning(cfg, results) -> dict:
+    """Per N and baseline: its grid, each point's validation accuracy and the point chosen."""
+    from .memorization import TUNED, grid
+
+    out: dict = {}
+    for row in results.where(arm="plain", seed=cfg.seed):
+        key = f"N={row['n_train']}"
+        out[key] = {}
+        for b in TUNED:
+            accs = [r["val_acc"] for r in sorted(results.where(arm=f"tune:{b}", n=row["n"]), key=lambda r: r["point"])]
+            out[key][b] = {"grid": grid(cfg, b), "val_acc": accs, "chosen": grid(cfg, b)[int(np.argmax(accs))]}
+    return out
+
+
+def report(cfg, results, out: Path) -> dict:
+    """The study's metrics from its stored cells (the runner writes them); figures under out/figures."""
+    from .memorization import arms
+
     lam = cfg.headline_lambda if cfg.headline_lambda in cfg.lambdas else max(cfg.lambdas)
+    records: dict = {}
+    for n in results.where(arm="plain").values("n"):
+        rows = results.where(n=n)
+        key = f"N={rows.where(arm='plain').rows[0]['n_train']}"
+        records[key] = {a: [{m: r[m] for m in r if m in HIGHER or m.startswith("ref_")}
+                            for r in sorted(rows.where(arm=a), key=lambda r: r["seed"])] for a in arms(cfg)}
     metrics: dict = {"verdict": {}}
     for key, by_arm in records.items():
         per = _per_size(by_arm)
         per["verdict"] = metrics["verdict"][key] = _sentence(key, per, abs(lam))
         metrics[key] = per
-    metrics["tuning"] = extras["tuning"]
-    _figures(records, extras, sorted(cfg.lambdas), Path(out) / "figures")
+    metrics["tuning"] = _tuning(cfg, results)
+    shown = [r for r in results if "curve" in r]
+    _figures(records, shown, sorted(cfg.lambdas), Path(out) / "figures")
     return metrics

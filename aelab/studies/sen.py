@@ -13,12 +13,13 @@ outputs, generated images) after the epochs in `milestones`; a latent morphing G
 generated items; the directed generator's grid, one row per class. The batch-size check trains the
 GAN (AE + GAN rounds, undirected) on the same number of images at each of `batch_sizes` and scores
 its samples by the Frechet distance to test images in a 20-component PCA of pixel space (lower is
-better); the seed found batch size 4 best on MNIST. Only `n_train` training images are used (0 = all).
+better); the seed found batch size 4 best on MNIST. Only `n_train` training images are used (0 = all),
+drawn from the training split after `data.val_fraction` is held out: the bar's arm is chosen by its
+validation accuracy and reported on test.
 """
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,14 +28,13 @@ import torch
 from scipy import linalg
 
 from .. import stats
-from ..data import load_dataset
-from ..data.device import DeviceData, hide_labels, pick_device, to_device
+from ..data.device import DeviceData, hide_labels, split_rows
 from ..engine import fit
 from ..errors import ConfigError
 from ..models import build_model
 from ..models.sen import SEN, SENConfig
 from ..report import plots
-from .base import StudyConfig, note, register_study
+from .base import Cell, CellContext, Results, Study, StudyConfig, dataset_of, register_study, seeds_of
 
 ABLATIONS = {"no-gan": {"gan_round": False}, "no-ae": {"ae_round": False},
              "no-aug": {"rotate": 0.0, "shift": 0, "hflip": False}, "direct": {"route": "direct"}}
@@ -59,86 +59,63 @@ class SENStudyConfig(StudyConfig):
             raise ConfigError("labels and batch_sizes must hold positive numbers")
         if self.n_train < 0 or self.bs_images <= 0:
             raise ConfigError("n_train must be >= 0 and bs_images > 0")
-        if self.quick:  # minutes on a CPU: fewer images, epochs, labels and seeds
-            self.n_train, self.seeds = min(self.n_train or 3000, 3000), min(self.seeds, 2)
-            self.train.epochs, self.labels = min(self.train.epochs, 3), self.labels[:2]
-            self.bs_images, self.batch_sizes = min(self.bs_images, 1200), self.batch_sizes[:2] or ()
+        if self.model.name != "sen":
+            raise ConfigError(f"model={self.model.name}: the sen study trains SEN arms; keep model=sen and set "
+                              "model.* fields (model.channels, model.hidden, ...) to change it")
+        if self.data.val_fraction <= 0:
+            raise ConfigError("data.val_fraction must be > 0: the bar's arm is chosen on the validation split")
 
 
 @register_study("sen")
-class SENStudy:
+class SENStudy(Study):
     Config = SENStudyConfig
+    headline = "test_acc"
 
-    def run(self, cfg: SENStudyConfig, out: Path) -> dict:
-        ds = load_dataset(cfg.data.name, cfg.data.data_dir or None, cfg.data.download)
-        device = pick_device(cfg.train.device)
-        k = len(ds.classes)
-        splits = to_device(ds, device, 0.0, cfg.seed)
-        train = _subsample(splits.train, cfg.n_train, cfg.seed)
-        for n in cfg.labels:
-            if n % k or n // k > int(torch.bincount(train.y).min()):
-                raise ConfigError(f"labels={n}: need a multiple of {k} classes, at most the smallest class")
-        t0, acc, figure_model = time.perf_counter(), {}, None
-        for n in cfg.labels:
-            for arm, kw in _arms(cfg, n).items():
-                for i in range(cfg.seeds):
-                    snap = self._milestones(cfg, splits.test, out) if (arm, n, i) == ("sen+pl", cfg.labels[0], 0) else None
-                    model, a = _train_arm(cfg, train, splits.test, n, k, cfg.seed + i, kw, snap)
-                    acc.setdefault(arm if arm in ABLATIONS else f"{arm}@{n}", []).append(a)
-                    note(f"sen: {arm} with {n} labels, seed {i + 1}/{cfg.seeds}: test accuracy {a:.3f}")
-                    figure_model = model if snap else figure_model
-        runs = sum(len(v) for v in acc.values())
-        metrics = {"accuracy": {a: stats.summary(v) for a, v in acc.items()},
-                   "seconds_per_run": (time.perf_counter() - t0) / max(runs, 1)}
-        metrics["comparisons"] = _comparisons(acc, cfg.labels)
-        metrics["bar"] = _bar(acc, cfg)
-        self._figures(acc, cfg, figure_model, out)
+    def preset(self, cfg: SENStudyConfig) -> SENStudyConfig:  # minutes on a CPU: fewer images, epochs, labels, seeds
+        return dataclasses.replace(cfg, n_train=min(cfg.n_train or 3000, 3000), seeds=min(cfg.seeds, 2),
+                                   train=dataclasses.replace(cfg.train, epochs=min(cfg.train.epochs, 3)),
+                                   labels=cfg.labels[:2], bs_images=min(cfg.bs_images, 1200),
+                                   batch_sizes=cfg.batch_sizes[:2])
+
+    def cells(self, cfg: SENStudyConfig) -> list[Cell]:
+        _check_labels(cfg)  # before anything trains
+        out = [Cell(arm, seed, n) for n in cfg.labels for arm in _arms(cfg, n) for seed in seeds_of(cfg)]
+        return out + [Cell("gan-batch-size", seed, bs) for bs in cfg.batch_sizes for seed in seeds_of(cfg)]
+
+    def run_cell(self, cfg: SENStudyConfig, cell: Cell, ctx: CellContext) -> dict:
+        splits = ctx.data(cfg)
+        train, k = _subsample(splits.train, cfg.n_train, cfg.seed), ctx.dataset(cfg).num_classes
+        if cell.arm == "gan-batch-size":
+            return {"fd": _gan_frechet(cfg, train, splits.test, k, cell.n, cell.seed)}
+        shown = cell.seed == cfg.seed and cell.n == cfg.labels[0] and cell.arm == "sen+pl"
+        figures: dict = {}
+        model = _train_arm(cfg, train, cell.n, k, cell.seed, _arms(cfg, cell.n)[cell.arm],
+                           _milestones(cfg, splits.test, figures) if shown else None)
+        out = {"test_acc": _accuracy(model, splits.test), "val_acc": _accuracy(model, splits.val)}
+        return out | (figures | _figure_arrays(cfg, model) if shown else {})
+
+    def summarize(self, cfg: SENStudyConfig, results: Results, out: Path) -> dict:
+        arms = [a for a in results.values("arm") if a != "gan-batch-size"]
+        acc = {a: {str(n): stats.summary(results.column("test_acc", arm=a, n=n)) for n in results.where(arm=a).values("n")}
+               for a in arms}
+        metrics = {"accuracy": acc, "comparisons": _comparisons(results, cfg.labels), "bar": _bar(results, cfg)}
+        _figures(results, cfg, out)
         if cfg.batch_sizes:
-            metrics["batch_size"] = _batch_size_check(cfg, train, splits.test, k, out)
+            metrics["batch_size"] = _batch_size_summary(results, cfg, out)
         return metrics
 
-    def _milestones(self, cfg: SENStudyConfig, test: DeviceData, out: Path):
-        """model -> an on_epoch callback drawing the seed's figure (noised, denoised, generated) at milestones."""
-        x = test.batch(slice(0, 10))["x"]
 
-        def make(model: SEN):
-            return lambda row: draw(model, row)
-
-        def draw(model: SEN, row: dict) -> None:
-            if row["epoch"] in cfg.milestones:
-                model.eval()
-                with torch.no_grad():
-                    noised = model.view_noise(model.view(x))
-                    grid = [noised, torch.sigmoid(model.reconstruct(noised)), torch.sigmoid(model.generate(10))]
-                model.train()
-                title = f"after {row['epoch']} epoch(s), {row['step']} batches: noised / denoised / generated"
-                plots.save(plots.image_grid(_np(torch.cat(grid)), 10, title),
-                           out / "figures" / f"milestone_epoch{row['epoch']}.png")
-        return make
-
-    def _figures(self, acc: dict, cfg: SENStudyConfig, model: SEN | None, out: Path) -> None:
-        fig = out / "figures"
-        arms = sorted({a.split("@")[0] for a in acc if "@" in a})
-        ys = {a: (np.array([np.mean(acc[f"{a}@{n}"]) for n in cfg.labels]),
-                  np.array([np.std(acc[f"{a}@{n}"]) for n in cfg.labels])) for a in arms}
-        plots.save(plots.metric_vs(cfg.labels, ys, "labelled images (in all)", "test accuracy",
-                                   "SEN: test accuracy vs labels (mean ± std over seeds)", logx=True),
-                   fig / "accuracy_vs_labels.png")
-        if model is None:
-            return
-        model.eval()
-        k = model.num_classes
-        torch.manual_seed(cfg.seed)
-        with torch.no_grad():
-            if model.cfg.directed:
-                labels = torch.arange(k).repeat_interleave(10)
-                plots.save(plots.image_grid(_np(torch.sigmoid(model.generate(10 * k, labels))), 10,
-                                            "directed generator: one row per class"), fig / "directed_grid.png")
-            e, _ = model.sample_codes(4)
-            ends = torch.cat([e, e[:1]])  # a loop through four generated items
-            t = torch.linspace(0, 1, 12, device=e.device)[:-1, None]
-            path = torch.cat([a + t * (b - a) for a, b in zip(ends[:-1], ends[1:])])
-            plots.save_gif(list(_np(torch.sigmoid(model.decode(path)))), fig / "latent_morph.gif")
+def _check_labels(cfg: SENStudyConfig) -> None:
+    """Every label count must be a multiple of the classes, at most the smallest class of the pool."""
+    ds = dataset_of(cfg)
+    rows = split_rows(len(ds.y_train), cfg.data.val_fraction, cfg.seed)[0]
+    y = torch.as_tensor(ds.y_train[rows])
+    if cfg.n_train and cfg.n_train < len(y):  # the same draw as _subsample
+        y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.n_train].sort().values]
+    k = ds.num_classes
+    for n in cfg.labels:
+        if n % k or n // k > int(torch.bincount(y).min()):
+            raise ConfigError(f"labels={n}: need a multiple of {k} classes, at most the smallest class")
 
 
 def _arms(cfg: SENStudyConfig, n: int) -> dict[str, dict]:
@@ -154,20 +131,52 @@ def _arms(cfg: SENStudyConfig, n: int) -> dict[str, dict]:
     return arms
 
 
-def _train_arm(cfg: SENStudyConfig, train: DeviceData, test: DeviceData, n: int, k: int, seed: int,
-               kw: dict, make_callback=None) -> tuple[SEN, float]:
-    """Train one arm with one seed on `n` labels; returns the model and its test accuracy."""
+def _train_arm(cfg: SENStudyConfig, train: DeviceData, n: int, k: int, seed: int, kw: dict, on_epoch=None) -> SEN:
+    """Train one arm with one seed on `n` labels (n // k per class, the rest of `train` unlabelled)."""
     kw = dict(kw)
     stages = kw.pop("stages", [{}])
     data = with_labels(train, n, k, seed)
     torch.manual_seed(seed)
     model = build_model(dataclasses.replace(cfg.model, **kw, **stages[0]), train.x.shape[1:], k)
     model.to(train.device).set_pool(data.labelled().x, data.labelled().y)
-    on_epoch = make_callback(model) if make_callback else None
     for stage in stages:  # players() reads the config, so a stage switches rounds on and off
         model.cfg = dataclasses.replace(model.cfg, **stage)
-        fit(model, data, dataclasses.replace(cfg.train, progress="off"), seed=seed, on_epoch=on_epoch)
-    return model, _accuracy(model, test)
+        fit(model, data, dataclasses.replace(cfg.train, progress="off"), seed=seed,
+            on_epoch=(lambda row: on_epoch(model, row)) if on_epoch else None)
+    return model
+
+
+def _milestones(cfg: SENStudyConfig, test: DeviceData, figures: dict):
+    """An on_epoch callback keeping the seed's figure (noised, denoised, generated) at the milestones."""
+    x = test.batch(slice(0, 10))["x"]
+
+    def keep(model: SEN, row: dict) -> None:
+        if row["epoch"] in cfg.milestones:
+            model.eval()
+            with torch.no_grad():
+                noised = model.view_noise(model.view(x))
+                grid = [noised, torch.sigmoid(model.reconstruct(noised)), torch.sigmoid(model.generate(10))]
+            model.train()
+            figures[f"milestone.{row['epoch']}"] = torch.cat(grid).float()
+            figures[f"milestone_steps.{row['epoch']}"] = row["step"]
+    return keep
+
+
+@torch.no_grad()
+def _figure_arrays(cfg: SENStudyConfig, model: SEN) -> dict:
+    """The directed generator's grid (one row per class) and a latent morph through four generated items."""
+    model.eval()
+    k, out = model.num_classes, {}
+    torch.manual_seed(cfg.seed)
+    if model.cfg.directed:
+        labels = torch.arange(k).repeat_interleave(10)
+        out["directed_grid"] = torch.sigmoid(model.generate(10 * k, labels)).float()
+    e, _ = model.sample_codes(4)
+    ends = torch.cat([e, e[:1]])  # a loop through four generated items
+    t = torch.linspace(0, 1, 12, device=e.device)[:-1, None]
+    path = torch.cat([a + t * (b - a) for a, b in zip(ends[:-1], ends[1:])])
+    out["morph"] = torch.sigmoid(model.decode(path)).float()
+    return out
 
 
 def with_labels(train: DeviceData, n: int, k: int, seed: int) -> DeviceData:
@@ -177,41 +186,64 @@ def with_labels(train: DeviceData, n: int, k: int, seed: int) -> DeviceData:
 
 
 @torch.no_grad()
-def _accuracy(model: SEN, test: DeviceData) -> float:
+def _accuracy(model: SEN, data: DeviceData) -> float:
     model.eval()
-    hits = sum(int((model.classify(test.batch(slice(s, s + 1024))["x"]).argmax(1) == test.y[s:s + 1024]).sum())
-               for s in range(0, len(test), 1024))
-    return hits / len(test)
+    hits = sum(int((model.classify(data.batch(slice(s, s + 1024))["x"]).argmax(1) == data.y[s:s + 1024]).sum())
+               for s in range(0, len(data), 1024))
+    return hits / len(data)
 
 
-def _comparisons(acc: dict, labels: tuple[int, ...]) -> dict:
+def _comparisons(results: Results, labels: tuple[int, ...]) -> dict:
     """Paired differences (same seeds) and the verdicts read off their intervals."""
-    out = {}
+    out, arms = {}, set(results.values("arm"))
+
+    def versus(a: str, b: str, n: int, better: str, same: str) -> dict:
+        d = stats.paired(results.column("test_acc", arm=a, n=n), results.column("test_acc", arm=b, n=n))
+        v = stats.verdict(d)
+        return {"diff": d, "verdict": same if v == "no measurable difference" else better.format(v)}
+
     for n in labels:
         for a, b in [("sen+pl", "supervised"), ("sen+pl", "pretrain-finetune"), ("sen", "supervised"),
                      ("sen+pl", "sen")]:
-            if f"{a}@{n}" in acc and f"{b}@{n}" in acc:
-                d = stats.paired(acc[f"{a}@{n}"], acc[f"{b}@{n}"])
-                out[f"{a} - {b} @{n}"] = {"diff": d, "verdict": f"{a} is {stats.verdict(d)} than {b}"
-                                          if stats.verdict(d) != "no measurable difference" else
-                                          f"{a} vs {b}: no measurable difference"}
-    full = acc.get(f"sen+pl@{labels[0]}")
+            if {a, b} <= arms:
+                out[f"{a} - {b} @{n}"] = versus(a, b, n, f"{a} is {{}} than {b}", f"{a} vs {b}: no measurable difference")
     for a in ABLATIONS:
-        if a in acc and full:
-            d = stats.paired(full, acc[a])
-            out[f"sen+pl - {a} @{labels[0]}"] = {"diff": d, "verdict": f"removing it: the full system is {stats.verdict(d)}"
-                                                 if stats.verdict(d) != "no measurable difference"
-                                                 else f"{a}: no measurable difference"}
+        if a in arms:
+            out[f"sen+pl - {a} @{labels[0]}"] = versus("sen+pl", a, labels[0], "removing it: the full system is {}",
+                                                       f"{a}: no measurable difference")
     return out
 
 
-def _bar(acc: dict, cfg: SENStudyConfig) -> dict:
+def _bar(results: Results, cfg: SENStudyConfig) -> dict:
+    """The best SEN arm at the fewest labels, chosen by validation accuracy, reported on test."""
     n = cfg.labels[0]
-    best = max((a for a in acc if a.startswith("sen") and a.endswith(f"@{n}")), key=lambda a: np.mean(acc[a]))
-    mean = float(np.mean(acc[best]))
-    return {"labels": n, "target": cfg.target, "best_arm": best, "mean": mean, "met": mean >= cfg.target,
-            "verdict": f"{best}: {mean:.3f} test accuracy with {n} labels, "
+    cands = [a for a in ("sen", "sen+pl") if results.where(arm=a, n=n).rows]
+    best = max(cands, key=lambda a: np.mean(results.column("val_acc", arm=a, n=n)))
+    mean = float(np.mean(results.column("test_acc", arm=best, n=n)))
+    return {"labels": n, "target": cfg.target, "best_arm": best, "chosen_by": "validation accuracy",
+            "val_mean": float(np.mean(results.column("val_acc", arm=best, n=n))), "mean": mean,
+            "met": mean >= cfg.target,
+            "verdict": f"{best} (chosen on validation): {mean:.3f} test accuracy with {n} labels, "
                        f"{'meets' if mean >= cfg.target else 'misses'} the {cfg.target:.2f} bar"}
+
+
+def _figures(results: Results, cfg: SENStudyConfig, out: Path) -> None:
+    fig = out / "figures"
+    arms = [a for a in ("sen", "sen+pl", "supervised", "pretrain-finetune") if a in results.values("arm")]
+    ys = {a: (np.array([np.mean(results.column("test_acc", arm=a, n=n)) for n in cfg.labels]),
+              np.array([np.std(results.column("test_acc", arm=a, n=n)) for n in cfg.labels])) for a in arms}
+    plots.save(plots.metric_vs(list(cfg.labels), ys, "labelled images (in all)", "test accuracy",
+                               "SEN: test accuracy vs labels (mean ± std over seeds)", logx=True),
+               fig / "accuracy_vs_labels.png")
+    shown = results.one(arm="sen+pl", n=cfg.labels[0], seed=cfg.seed)
+    for e in cfg.milestones:
+        if f"milestone.{e}" in shown:
+            title = f"after {e} epoch(s), {shown[f'milestone_steps.{e}']} batches: noised / denoised / generated"
+            plots.save(plots.image_grid(shown[f"milestone.{e}"], 10, title), fig / f"milestone_epoch{e}.png")
+    if "directed_grid" in shown:
+        plots.save(plots.image_grid(shown["directed_grid"], 10, "directed generator: one row per class"),
+                   fig / "directed_grid.png")
+    plots.save_gif(list(shown["morph"]), fig / "latent_morph.gif")
 
 
 def _subsample(data: DeviceData, n: int, seed: int) -> DeviceData:
@@ -219,10 +251,6 @@ def _subsample(data: DeviceData, n: int, seed: int) -> DeviceData:
         return data
     g = torch.Generator().manual_seed(seed)
     return data.subset(torch.randperm(len(data), generator=g)[:n].sort().values)
-
-
-def _np(x: torch.Tensor) -> np.ndarray:
-    return x.float().cpu().numpy()
 
 
 def frechet_pca(a: np.ndarray, b: np.ndarray, comps: int = 20) -> float:
@@ -235,30 +263,33 @@ def frechet_pca(a: np.ndarray, b: np.ndarray, comps: int = 20) -> float:
     return float(((pa.mean(0) - pb.mean(0)) ** 2).sum() + np.trace(ca + cb - 2 * root))
 
 
-def _batch_size_check(cfg: SENStudyConfig, train: DeviceData, test: DeviceData, k: int, out: Path) -> dict:
-    """Train the GAN at each batch size on the same `bs_images` images; score samples by PCA-Frechet."""
+def _gan_frechet(cfg: SENStudyConfig, train: DeviceData, test: DeviceData, k: int, bs: int, seed: int) -> float:
+    """Train the GAN (AE + GAN rounds, undirected) at batch size `bs` on `bs_images` images; the PCA-Frechet
+    distance of its samples to 1,000 test images."""
     sub = _subsample(train, cfg.bs_images, cfg.seed)
-    real = _np(test.batch(slice(0, 1000))["x"]).reshape(min(1000, len(test)), -1)
-    fd: dict[str, list[float]] = {}
-    for bs in cfg.batch_sizes:
-        for i in range(cfg.seeds):
-            torch.manual_seed(cfg.seed + i)
-            m = build_model(dataclasses.replace(cfg.model, clf_round=False, directed=False), train.x.shape[1:], k)
-            fit(m, sub, dataclasses.replace(cfg.train, epochs=1, batch_size=bs, progress="off"), seed=cfg.seed + i)
-            m.eval()
-            fake = _np(torch.sigmoid(m.generate(len(real)))).reshape(len(real), -1)
-            fd.setdefault(str(bs), []).append(frechet_pca(fake, real))
+    real = test.batch(slice(0, 1000))["x"].float().cpu().numpy().reshape(min(1000, len(test)), -1)
+    torch.manual_seed(seed)
+    m = build_model(dataclasses.replace(cfg.model, clf_round=False, directed=False), train.x.shape[1:], k)
+    fit(m, sub, dataclasses.replace(cfg.train, epochs=1, batch_size=bs, progress="off"), seed=seed)
+    m.eval()
+    with torch.no_grad():
+        fake = torch.sigmoid(m.generate(len(real))).float().cpu().numpy().reshape(len(real), -1)
+    return frechet_pca(fake, real)
+
+
+def _batch_size_summary(results: Results, cfg: SENStudyConfig, out: Path) -> dict:
+    fd = {bs: results.column("fd", arm="gan-batch-size", n=bs) for bs in cfg.batch_sizes}
     res = {f"fd@{bs}": stats.summary(v) for bs, v in fd.items()}
     best = min(fd, key=lambda b: np.mean(fd[b]))
-    small, large = str(min(cfg.batch_sizes)), str(max(cfg.batch_sizes))
+    small, large = min(cfg.batch_sizes), max(cfg.batch_sizes)
     if small != large:
         d = stats.paired(fd[small], fd[large])
         res[f"fd@{small} - fd@{large}"] = d
         res["verdict"] = (f"lowest mean Frechet distance at batch size {best}; batch size {small} vs {large}: "
                           f"{stats.verdict(d, higher_is_better=False)}")
-    x = [int(b) for b in fd]
-    plots.save(plots.metric_vs(x, {"PCA-Frechet": (np.array([np.mean(fd[str(b)]) for b in x]),
-                                                   np.array([np.std(fd[str(b)]) for b in x]))},
+    x = list(cfg.batch_sizes)
+    plots.save(plots.metric_vs(x, {"PCA-Frechet": (np.array([np.mean(fd[b]) for b in x]),
+                                                   np.array([np.std(fd[b]) for b in x]))},
                                "batch size", "Frechet distance (lower is better)",
                                f"GAN samples vs batch size ({cfg.bs_images} images each)", logx=True),
                out / "figures" / "batch_size.png")

@@ -1,0 +1,221 @@
+"""Where cells run: in this process, in local worker processes, or as tasks on a Ray cluster.
+
+Every executor runs the same `run_cell_task` and hands back `Outcome`s; the runner decides what runs
+next. Local workers store their cell's files themselves before they take the next cell (a killed
+driver loses nothing a worker finished); Ray tasks return their result and the driver stores it.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import AelabError, ConfigError
+
+_WORKER: dict[str, Any] = {}  # this process's device (a worker's slot) and its rebuilt studies
+
+
+@dataclass
+class Outcome:
+    key: str
+    ok: bool
+    seconds: float
+    row: dict[str, Any] | None = None  # the stored tidy row, when ok
+    result: dict[str, Any] | None = None  # Ray: the raw result, stored by the driver
+    error: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _one_line(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}" if not isinstance(e, AelabError) else str(e)
+    return " ".join(text.split())[:400]
+
+
+def _materialise(study_name: str, cfg_doc: dict):
+    """(study, cfg, {key: cell}) rebuilt in this process from the config document (memoised)."""
+    from .base import get_study
+    from .runner import config_from_doc
+
+    memo = _WORKER.setdefault("studies", {})
+    token = (study_name, repr(sorted(cfg_doc.items())))
+    if token not in memo:
+        cls = get_study(study_name)
+        cfg = config_from_doc(cls, cfg_doc)
+        study = cls()
+        memo[token] = (study, cfg, {c.key: c for c in study.cells(cfg)})
+    return memo[token]
+
+
+def compute_cell(study_name: str, cfg_doc: dict, key: str, deps: dict, device: str | None) -> tuple[dict, float]:
+    """Run one cell here: (its result, seconds)."""
+    from ..data.device import pick_device
+    from .base import CellContext
+
+    study, cfg, grid = _materialise(study_name, cfg_doc)
+    dev = torch.device(device) if device else pick_device(cfg.train.device)
+    t0 = time.perf_counter()
+    result = study.run_cell(cfg, grid[key], CellContext(dev, deps))
+    return result, time.perf_counter() - t0
+
+
+def run_cell_task(study_name: str, cfg_doc: dict, key: str, deps: dict, folder: str | None,
+                  config_sha: str) -> Outcome:
+    """A worker's whole job for one cell: compute it and, with a `folder`, store it before returning."""
+    from .store import CellStore
+
+    t0 = time.perf_counter()
+    meta = {"host": socket.gethostname(), "pid": os.getpid(), "device": _WORKER.get("device") or "auto"}
+    try:
+        result, seconds = compute_cell(study_name, cfg_doc, key, deps, _WORKER.get("device"))
+    except Exception as e:  # noqa: BLE001  one cell's failure is recorded; the others go on
+        if os.environ.get("AELAB_DEBUG"):
+            traceback.print_exc()
+        return Outcome(key, False, time.perf_counter() - t0, error=_one_line(e))
+    meta["seconds"] = seconds
+    if folder is None:  # Ray: the driver stores it
+        return Outcome(key, True, seconds, result=result, meta=meta)
+    cell = _materialise(study_name, cfg_doc)[2][key].record()
+    row = CellStore(Path(folder), config_sha).write(key, cell, result, meta)
+    return Outcome(key, True, seconds, row=row, meta=meta)
+
+
+def _init_worker(slots, devices: list[str], threads: int) -> None:
+    torch.set_num_threads(threads)
+    slot = slots.get()
+    if devices:
+        _WORKER["device"] = devices[slot % len(devices)]
+        if devices[0].startswith("cuda"):
+            torch.cuda.set_device(torch.device(_WORKER["device"]))
+
+
+class InlineExecutor:
+    """workers=1: cells one after another in this process (with `threads` torch threads)."""
+
+    def __init__(self, threads: int, devices: list[str]):
+        self.capacity, self.done = 1, []
+        self.saved = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        _WORKER["device"] = devices[0] if devices else None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.done)
+
+    def submit(self, *args) -> None:
+        self.done.append(run_cell_task(*args))
+
+    def wait(self) -> list[Outcome]:
+        out, self.done = self.done, []
+        return out
+
+    def close(self, cancel: bool = False) -> None:
+        torch.set_num_threads(self.saved)
+        _WORKER.pop("device", None)
+
+
+class PoolExecutor:
+    """workers=N: N spawned processes (fresh interpreters: no CUDA state or locks inherited)."""
+
+    def __init__(self, workers: int, threads: int, devices: list[str]):
+        self.capacity, self.args = workers, (workers, threads, devices)
+        self.pending: dict[cf.Future, str] = {}
+        self._start()
+
+    def _start(self) -> None:
+        workers, threads, devices = self.args
+        ctx = mp.get_context("spawn")
+        slots = ctx.Queue()
+        for i in range(workers):
+            slots.put(i)
+        self.pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                           initargs=(slots, devices, threads))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending)
+
+    def submit(self, *args) -> None:
+        self.pending[self.pool.submit(run_cell_task, *args)] = args[2]
+
+    def wait(self) -> list[Outcome]:
+        done, _ = cf.wait(self.pending, return_when=cf.FIRST_COMPLETED)
+        out, broken = [], False
+        for fut in done:
+            key = self.pending.pop(fut)
+            try:
+                out.append(fut.result())
+            except cf.process.BrokenProcessPool:
+                broken = True
+                out.append(Outcome(key, False, 0.0, error="its worker process died (killed, or out of memory)"))
+        if broken:  # every other cell in flight died with the pool: report them, start a fresh pool
+            out += [Outcome(k, False, 0.0, error="its worker process died (killed, or out of memory)")
+                    for k in self.pending.values()]
+            self.pending.clear()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self._start()
+        return out
+
+    def close(self, cancel: bool = False) -> None:
+        if cancel:
+            for p in list(getattr(self.pool, "_processes", {}).values()):
+                p.terminate()  # an interrupted study stops its workers now, not after their cells
+        self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+class RayExecutor:
+    """executor=ray: each cell a Ray task (num_cpus=threads, num_gpus=gpus_per_cell on GPU clusters)."""
+
+    def __init__(self, address: str, threads: int, gpus: float, workers: int):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("executor=ray needs Ray: pip install -e '.[ray]'") from None
+        self.ray, self.started = ray, not ray.is_initialized()
+        if self.started:
+            addr = address or os.environ.get("RAY_ADDRESS") or None
+            ray.init(address=addr, include_dashboard=False, log_to_driver=False,
+                     **({} if addr else {"num_cpus": max(workers, 1) * threads}))
+        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        self.task = ray.remote(_ray_cell).options(num_cpus=threads, num_gpus=gpus if has_gpu else 0)
+        self.capacity = max(workers, int(ray.cluster_resources().get("CPU", 1) // threads), 1)
+        self.pending: dict[Any, str] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending)
+
+    def submit(self, study_name, cfg_doc, key, deps, folder, config_sha) -> None:
+        self.pending[self.task.remote(study_name, cfg_doc, key, deps, config_sha)] = key
+
+    def wait(self) -> list[Outcome]:
+        ready, _ = self.ray.wait(list(self.pending), num_returns=1)
+        out = []
+        for ref in ready:
+            key = self.pending.pop(ref)
+            try:
+                out.append(self.ray.get(ref))
+            except Exception as e:  # noqa: BLE001  a lost node or a crashed task
+                out.append(Outcome(key, False, 0.0, error=_one_line(e)))
+        return out
+
+    def close(self, cancel: bool = False) -> None:
+        for ref in self.pending:
+            self.ray.cancel(ref, force=True)
+        if self.started:  # a local instance this study started; a cluster's connection stays the caller's
+            self.ray.shutdown()
+
+
+def _ray_cell(study_name: str, cfg_doc: dict, key: str, deps: dict, config_sha: str) -> Outcome:
+    import ray
+
+    torch.set_num_threads(int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)) or 1)
+    _WORKER["device"] = "cuda" if ray.get_gpu_ids() else None
+    return run_cell_task(study_name, cfg_doc, key, deps, None, config_sha)

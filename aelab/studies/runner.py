@@ -1,0 +1,269 @@
+"""Run a study's grid: store each finished cell, resume after a kill, spread cells over workers or Ray.
+
+    aelab study NAME [CONFIG.toml] [key=value ...]     # a new study folder runs/<name>
+    aelab study --resume RUN [workers=4]               # only the cells not stored yet, then the summary
+    aelab study --status RUN                           # cells done, failed, remaining; seconds per cell
+
+The folder holds `config.json` (what runs: presets are applied before it is written), `cells/` (one
+record per finished cell), `metrics.json` (computed from the stored cells alone, so a resumed study
+writes the same file bit for bit), `study.json` (commit, start, wall time per session: what differs
+between sessions stays out of metrics.json), `figures/` and `report.html`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..atomic import atomic_write_text
+from ..config import apply_overrides, from_dict, make_config, to_dict, _flatten
+from ..errors import AelabError, CheckpointError, ConfigError
+from ..report import write_report
+from ..runs import claim_run_dir, git_commit
+from .base import Results, Study, StudyConfig, get_study, usable_cores
+from .executors import InlineExecutor, Outcome, PoolExecutor, RayExecutor
+from .store import CellStore
+
+# Keys that say how cells run, not what they compute: a resume may change them.
+EXECUTION_KEYS = {"name", "out_dir", "workers", "executor", "ray_address", "gpus_per_cell", "tracking",
+                  "tracking_uri", "train.progress"}
+
+
+class StudyFailed(AelabError):
+    """Some cells raised; the others are stored and `--resume` retries the failed ones."""
+
+
+class StudyInterrupted(AelabError):
+    exit_code = 130
+
+
+def config_doc(cfg: StudyConfig) -> dict[str, Any]:
+    """The flat `key: value` document of what a study computes (execution keys left out)."""
+    return {k: v for k, v in _flatten(json.loads(json.dumps(to_dict(cfg)))) if k not in EXECUTION_KEYS}
+
+
+def config_from_doc(cls, doc: dict[str, Any]) -> StudyConfig:
+    cfg = from_dict(cls.Config, _nest(doc))
+    cfg.check()
+    return cfg
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        *path, last = k.split(".")
+        node = out
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return out
+
+
+def _sha(doc: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def run_study(name: str, config_file: str | Path | None = None, overrides: list[str] = (),
+              force: bool = False) -> Path:
+    """Run study `name` into `out_dir/<name>`; returns the folder (with metrics.json and report.html)."""
+    cls = get_study(name)
+    study = cls()
+    cfg = make_config(cls.Config(), config_file, list(overrides))
+    if cfg.quick:  # an explicit step before the config is stored: what is stored is what runs
+        cfg = study.preset(cfg)
+        cfg.check()
+    study.cells(cfg)  # a grid that cannot be built (a bad label count, a missing data set) fails before any folder
+    folder = cfg.name or f"{name}-{cfg.data.name.replace(':', '-').replace('/', '_')}"
+    path = claim_run_dir(Path(cfg.out_dir) / folder, force)
+    atomic_write_text(path / "config.json", json.dumps({"study": name, **to_dict(cfg)}, indent=2))
+    _write_session(path, {"git_commit": git_commit(), "sessions": []})
+    return _execute(study, cfg, path)
+
+
+def resume_study(path: str | Path, overrides: list[str] = ()) -> Path:
+    """Run the cells of study folder `path` that are not stored (or failed), then its summary.
+    Overrides may change how cells run (workers=...), never what they compute."""
+    path = Path(path)
+    name, stored = read_study_config(path)
+    if (path / "metrics.json").exists():
+        raise CheckpointError(f"study {path} has already finished (metrics.json exists); nothing to resume")
+    cls = get_study(name)
+    cfg = apply_overrides(config_from_doc(cls, stored), list(overrides))
+    cfg.check()
+    before, after = config_doc(config_from_doc(cls, stored)), config_doc(cfg)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    if changed:
+        raise ConfigError(f"resume refused: {', '.join(changed)} would change what the study computes "
+                          f"(stored: {', '.join(f'{k}={before.get(k)!r}' for k in changed)}); start a new "
+                          "study with name=... instead")
+    return _execute(cls(), cfg, path)
+
+
+def read_study_config(path: Path) -> tuple[str, dict[str, Any]]:
+    """(study name, the stored flat config) of a study folder."""
+    try:
+        doc = json.loads((Path(path) / "config.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is not a study folder (no config.json)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}/config.json is not valid JSON: {e}") from None
+    if "study" not in doc:
+        raise CheckpointError(f"{path} is a training run, not a study; use aelab train --resume {path}")
+    name = doc.pop("study")
+    return name, dict(_flatten(doc))
+
+
+def study_status(path: str | Path) -> dict[str, Any]:
+    """Cells done, failed and remaining, and the seconds per stored cell so far."""
+    path = Path(path)
+    name, stored = read_study_config(path)
+    cls = get_study(name)
+    cfg = config_from_doc(cls, stored)
+    grid = cls().cells(cfg)
+    store = CellStore(path, _sha(config_doc(cfg)))
+    loaded = {c.key: store.load(c.key) for c in grid}
+    seconds = [rec[1]["seconds"] for rec in loaded.values() if rec]
+    failed = {k: v["error"] for k, v in store.failures().items() if not loaded.get(k)}
+    return {"study": name, "cells": len(grid), "done": len(seconds), "failed": failed,
+            "remaining": len(grid) - len(seconds), "finished": (path / "metrics.json").exists(),
+            "seconds_per_cell": sum(seconds) / len(seconds) if seconds else math.nan,
+            "cell_seconds": sum(seconds)}
+
+
+# --------------------------------------------------------------------------- the scheduler
+
+
+def _execute(study: Study, cfg: StudyConfig, path: Path) -> Path:
+    grid = study.cells(cfg)
+    keys = [c.key for c in grid]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{study.study_name}: two cells share a key")
+    doc = config_doc(cfg)
+    store = CellStore(path, _sha(doc))
+    rows = {c.key: rec[0] for c in grid if (rec := store.load(c.key))}
+    needs = {c.key: [d.key for d in study.needs(cfg, c)] for c in grid}
+    t0, started = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S")
+    ex, workers = _executor(cfg, sum(k not in rows for k in keys))
+    progress = _Progress(len(grid), len(rows), workers)
+    failed: dict[str, str] = {}
+    todo = [c for c in grid if c.key not in rows]
+    folder = None if isinstance(ex, RayExecutor) else str(path)  # Ray: the driver stores each cell
+    try:
+        while True:
+            ready = [c for c in todo if all(d in rows for d in needs[c.key])]
+            for c in ready[:max(ex.capacity - ex.in_flight, 0)]:
+                todo.remove(c)
+                ex.submit(study.study_name, doc, c.key, {d: rows[d] for d in needs[c.key]}, folder, store.config_sha)
+            if not ex.in_flight:  # all done, or what is left needs a failed cell
+                break
+            for o in ex.wait():
+                _finish(o, grid, store, rows, failed, progress, study.headline)
+    except KeyboardInterrupt:
+        ex.close(cancel=True)
+        raise StudyInterrupted(f"interrupted: {len(rows)} of {len(grid)} cells are stored; "
+                               f"continue with `aelab study --resume {path}`") from None
+    ex.close()
+    progress.close()
+    _log_session(path, started, t0, workers, cfg.executor)
+    blocked = [c.key for c in todo]
+    if failed or blocked:
+        shown = [f"{k} ({v})" for k, v in failed.items()] + [f"{k} (needs a failed cell)" for k in blocked]
+        raise StudyFailed(f"{len(shown)} of {len(grid)} cells did not finish: {'; '.join(shown)}. The other "
+                          f"cells are stored; retry with `aelab study --resume {path}`")
+    return _summarize(study, cfg, path, Results([rows[k] for k in keys]), len(grid))
+
+
+def _finish(o: Outcome, grid, store: CellStore, rows, failed, progress, headline: str) -> None:
+    if o.ok and o.row is None:  # Ray: the driver stores what the task returned
+        cell = next(c for c in grid if c.key == o.key)
+        o.row = store.write(o.key, cell.record(), o.result, o.meta)
+    if o.ok:
+        rows[o.key] = o.row
+        failed.pop(o.key, None)
+    else:
+        failed[o.key] = o.error
+        store.fail(o.key, o.error, o.seconds)
+    progress.cell(o, headline)
+
+
+def _executor(cfg: StudyConfig, todo: int):
+    """The executor for this config and machine, and its number of workers."""
+    from ..data.device import pick_device
+
+    device = pick_device(cfg.train.device)
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    devices = [f"cuda:{i}" for i in range(gpus)] if device.index is None and gpus else \
+        ([str(device)] if gpus else [])
+    workers = cfg.workers or (4 * len(devices) if devices else max(1, usable_cores() // cfg.threads))
+    workers = max(1, min(workers, todo or 1))
+    if cfg.executor == "ray":
+        return RayExecutor(cfg.ray_address, cfg.threads, cfg.gpus_per_cell, cfg.workers), workers
+    if workers == 1:
+        return InlineExecutor(cfg.threads, devices), 1
+    return PoolExecutor(workers, cfg.threads, devices), workers
+
+
+def _summarize(study: Study, cfg: StudyConfig, path: Path, results: Results, cells: int) -> Path:
+    metrics = study.summarize(cfg, results, path)
+    session = json.loads((path / "study.json").read_text())
+    metrics["meta"] = {"study": study.study_name, "seed": cfg.seed, "seeds": cfg.seeds, "cells": cells,
+                       "aelab_version": __version__, "git_commit": session.get("git_commit", "unknown"),
+                       "torch": torch.__version__, "finished": True}
+    atomic_write_text(path / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    write_report(path)
+    return path
+
+
+def _write_session(path: Path, doc: dict) -> None:
+    atomic_write_text(path / "study.json", json.dumps(doc, indent=2))
+
+
+def _log_session(path: Path, started: str, t0: float, workers: int, executor: str) -> None:
+    """study.json: one entry per session (start, wall seconds, workers); train_seconds sums them."""
+    try:
+        doc = json.loads((path / "study.json").read_text())
+    except (OSError, ValueError):
+        doc = {"git_commit": git_commit(), "sessions": []}
+    doc["sessions"].append({"started": started, "wall_seconds": time.perf_counter() - t0,
+                            "workers": workers, "executor": executor})
+    doc["train_seconds"] = sum(s["wall_seconds"] for s in doc["sessions"])
+    _write_session(path, doc)
+
+
+class _Progress:
+    """A bar over cells on a terminal (done/total, ETA from finished cells); a line per finished cell."""
+
+    def __init__(self, total: int, done: int, workers: int):
+        self.total, self.done, self.workers, self.seconds = total, done, workers, []
+        self.bar = tqdm(total=total, initial=done, unit="cell", dynamic_ncols=True, leave=False) \
+            if sys.stderr.isatty() else None
+
+    def cell(self, o: Outcome, headline: str) -> None:
+        self.done += o.ok
+        self.seconds.append(o.seconds)
+        shown = ""
+        if o.ok and headline and isinstance((o.row or {}).get(headline), (int, float)):
+            shown = f"  {headline}={o.row[headline]:.4g}"
+        left = (self.total - self.done) * (sum(self.seconds) / len(self.seconds)) / self.workers
+        line = (f"[{self.done}/{self.total}] {o.key}  {o.seconds:.1f} s{shown}" if o.ok
+                else f"[failed] {o.key}: {o.error}") + f"  (ETA {left / 60:.1f} min)"
+        if self.bar is not None:
+            self.bar.update(int(o.ok))
+            tqdm.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,101 @@
+"""The study folder's `cells/`: one JSON file per finished cell (+ its arrays as safetensors), atomic.
+
+A cell's JSON is written last and names the SHA-256 of its arrays file, so a kill at any moment leaves
+either no record or a whole one; a record that does not parse, names another key or config, or whose
+arrays do not match their checksum is not trusted: the cell runs again. No pickle anywhere.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import atomic_write, atomic_write_text
+
+
+def split_arrays(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A cell's result -> (JSON-able values, arrays): tensors and ndarrays become stored arrays."""
+    values, arrays = {}, {}
+    for k, v in result.items():
+        if hasattr(v, "detach"):  # a torch tensor
+            v = v.detach().cpu().numpy()
+        if isinstance(v, np.ndarray) and v.ndim > 0:
+            arrays[k] = np.ascontiguousarray(v)
+        elif isinstance(v, np.ndarray) or isinstance(v, np.generic):
+            values[k] = v.item()
+        else:
+            values[k] = v
+    return values, arrays
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.generic, np.ndarray)):
+        return v.tolist()
+    raise TypeError(f"a cell result holds a {type(v).__name__}; return numbers, strings, lists, dicts or arrays")
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    """JSON whose floats read back bit for bit (repr), NaN and inf included."""
+    return json.dumps(doc, indent=1, default=_plain, allow_nan=True)
+
+
+class CellStore:
+    def __init__(self, folder: Path, config_sha: str):
+        self.dir = Path(folder) / "cells"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config_sha = config_sha
+
+    def write(self, key: str, cell: dict, result: dict, meta: dict) -> dict[str, Any]:
+        """Store a finished cell; returns its tidy row (what `load` would give back)."""
+        values, arrays = split_arrays(result)
+        clash = (set(values) | set(arrays)) & set(cell)
+        if clash:
+            raise ValueError(f"cell {key}: result keys {sorted(clash)} shadow the cell's own fields")
+        doc = {"key": key, "cell": cell, "result": values, "config_sha": self.config_sha, **meta, "arrays": None}
+        if arrays:
+            from safetensors.numpy import save
+
+            blob = save(arrays)
+            atomic_write(self.dir / f"{key}.safetensors", blob)
+            doc["arrays"] = {"file": f"{key}.safetensors", "sha256": hashlib.sha256(blob).hexdigest()}
+        atomic_write_text(self.dir / f"{key}.json", dumps(doc))
+        (self.dir / f"{key}.failed.json").unlink(missing_ok=True)
+        return json.loads(dumps({**cell, **values})) | arrays
+
+    def fail(self, key: str, reason: str, seconds: float) -> None:
+        atomic_write_text(self.dir / f"{key}.failed.json", dumps({"key": key, "error": reason, "seconds": seconds}))
+
+    def load(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """(tidy row, the record's meta) of a stored cell, or None when absent or not to be trusted."""
+        try:
+            doc = json.loads((self.dir / f"{key}.json").read_text())
+            if doc["key"] != key or doc["config_sha"] != self.config_sha:
+                return None
+            row = {**doc["cell"], **doc["result"]}
+            if doc["arrays"]:
+                row |= self._arrays(doc["arrays"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return row, {"seconds": doc.get("seconds", math.nan)}
+
+    def _arrays(self, ref: dict) -> dict[str, np.ndarray]:
+        from safetensors.numpy import load
+
+        blob = (self.dir / ref["file"]).read_bytes()
+        if hashlib.sha256(blob).hexdigest() != ref["sha256"]:
+            raise ValueError("arrays do not match their checksum")
+        return load(blob)
+
+    def failures(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for f in sorted(self.dir.glob("*.failed.json")):
+            try:
+                doc = json.loads(f.read_text())
+                out[doc["key"]] = doc
+            except (OSError, ValueError, KeyError):
+                continue
+        return out
