@@ -205,3 +205,36 @@ def test_pool_is_checked_and_drawn_from():
     assert len(x) == 7 and (y == 3).all() and torch.equal(x, torch.ones_like(x))
     ce = m.masked_ce(torch.zeros(3, 10), torch.tensor([-1, -1, -1]))
     assert ce == 0
+
+
+# ----------------------------------------------------------------------------- learning on digits
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from aelab.data import load_dataset
+    from aelab.data.device import to_device
+
+    return to_device(load_dataset("digits"), "cpu", 0.1, 0)
+
+
+# Floors on the held-out test digits with 100 labels (10 per class), 30 passes over the 1,293 training
+# images (360 steps); measured at 2 seeds: supervised MLP 0.93, ladder full 0.93-0.94, gamma 0.94-0.95,
+# M2 0.85-0.87, AAE 0.86-0.89. Chance is 0.10; a broken unlabelled term or classifier lands far below.
+@pytest.mark.parametrize("name, kw, lr, floor", [
+    ("ladder", {"hidden": (256, 128), "latent_dim": 64}, 2e-3, 0.88),
+    ("ladder", {"variant": "gamma", "hidden": (256, 128), "latent_dim": 64}, 2e-3, 0.88),
+    ("m2", {"hidden": (128,), "latent_dim": 16}, 1e-3, 0.78),
+    ("aae-ssl", {"hidden": (256, 256), "disc_hidden": (64,), "latent_dim": 4}, 1e-3, 0.78),
+], ids=["ladder-full", "ladder-gamma", "m2", "aae-ssl"])
+def test_learns_digits_from_100_labels(digits, name, kw, lr, floor):
+    from aelab.config import TrainConfig
+    from aelab.models import get_model_class
+    from aelab.studies import semi_arms
+    from aelab.studies.semi import with_labels
+
+    data = with_labels(digits.train, 100, seed=0)
+    model, curve = semi_arms.train_pooled(get_model_class(name).Config(name=name, **kw), data, digits.val,
+                                          semi_arms.Budget(30, lr, 100), TrainConfig(schedule="cosine"), seed=0)
+    assert len(curve) == 30 and max(curve) == semi_arms.accuracy(model, digits.val)  # the best epoch is kept
+    assert semi_arms.accuracy(model, digits.test) >= floor

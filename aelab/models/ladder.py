@@ -35,9 +35,18 @@ from .base import Player, register
 from .blocks import Flatten, Unflatten, numel
 from .semi_common import SemiConfig, SemiSupervised
 
-# lambda per layer from the input up: the authors' MNIST 100-label settings (README of their code)
-PAPER_DENOISE = {("mlp", "full"): (1000.0, 10.0, 0.1, 0.1, 0.1, 0.1, 0.1), ("mlp", "gamma"): (0.5,),
-                 ("conv-small", "gamma"): (1.0,), ("conv-small", "full"): (1000.0, 10.0) + (0.1,) * 8}
+# lambda per layer from the input up, the authors' MNIST 100-label settings (their code's README):
+# full MLP 1000, 10, 0.1, ... (0.1 on every higher layer, whatever the depth); gamma: the top alone
+PAPER_GAMMA = {"mlp": 0.5, "conv-small": 1.0}
+
+
+def paper_denoise(arch: str, variant: str, layers: int) -> list[float]:
+    """The default lambda_0..lambda_L for `layers` = L encoder layers."""
+    if variant == "supervised":
+        return [0.0] * (layers + 1)
+    if variant == "gamma":
+        return [0.0] * layers + [PAPER_GAMMA[arch]]
+    return ([1000.0, 10.0] + [0.1] * layers)[:layers + 1]
 
 
 @dataclass
@@ -47,7 +56,7 @@ class LadderConfig(SemiConfig):
     variant: Literal["full", "gamma", "supervised"] = "full"
     hidden: tuple[int, ...] = (1000, 500, 250, 250)  # mlp: the widths below latent_dim
     noise: float = 0.3  # std of the gaussian noise of the corrupted pass (input and every layer)
-    denoise: tuple[float, ...] = ()  # lambda_l, input first; () = the paper's for arch and variant
+    denoise: tuple[float, ...] = ()  # lambda_l, input first; () = the paper's (paper_denoise)
     readout_every: int = 10  # the readout decoder steps every k engine steps (it only draws pictures)
     # the unlabelled images through the augmentation too: "same" view in both passes (more varied
     # data), or "independent" views for the clean and the corrupted pass (the shift / flip becomes
@@ -161,10 +170,9 @@ class Ladder(SemiSupervised):
         self.decoder = nn.Sequential(nn.Linear(self.shapes[-2][0], numel(input_shape)), Unflatten(input_shape))
 
     def _lambdas(self, cfg: LadderConfig) -> list[float]:
-        if cfg.variant == "supervised":
-            return [0.0] * (self.L + 1)
-        lam = list(cfg.denoise or PAPER_DENOISE[(cfg.arch, cfg.variant)])
-        lam = [0.0] * (self.L + 1 - len(lam)) + lam if cfg.variant == "gamma" else lam
+        if not cfg.denoise or cfg.variant == "supervised":
+            return paper_denoise(cfg.arch, cfg.variant, self.L)
+        lam = [0.0] * self.L + list(cfg.denoise) if cfg.variant == "gamma" and len(cfg.denoise) == 1 else list(cfg.denoise)
         if len(lam) != self.L + 1 or (cfg.variant == "gamma" and any(lam[:-1])):
             raise ConfigError(f"model.denoise needs {self.L + 1} weights (input first) for this {cfg.arch} "
                               f"ladder, or the top one alone for the gamma variant; got {len(cfg.denoise)}")

@@ -1,0 +1,219 @@
+"""semi: few labels, done right: the semi-supervised autoencoder family against a tuned supervised baseline.
+
+    aelab study semi configs/semi_fashion.toml          # Fashion-MNIST, the CPU budgets (README)
+    aelab study semi configs/semi_gpu.toml data=mnist   # the papers' budgets, for a GPU
+    aelab study semi data=digits quick=true             # seconds: the test suite runs it
+
+Labels: `labels` in all (class-balanced, the subset drawn from each seed), plus every label for the
+supervised ceiling. Arms, each on the same labelled subset per seed (paired), all with the same
+augmentation of the labelled images (`rotate`, `shift`, `hflip`):
+  supervised         the ladder's network on the labelled images alone (noise, augmentation); its
+                     learning rate chosen from `tune_lr` on validation by tuning cells
+  pretrain-finetune  a conv AE trained on every image, then fine-tuned with a head (aelab.classify)
+  sen, sen+pl        the Shared Encoding Network (seed 003), without and with pseudo-labels
+  ladder-gamma       the Γ-model (Rasmus et al. 2015): denoising cost on the top layer only
+  ladder-full        the full ladder: a denoising cost on every layer
+  m2                 M1+M2 (Kingma et al. 2014): M2 on the codes of a VAE trained on every image
+  aae                the semi-supervised adversarial autoencoder (Makhzani et al. 2015)
+Validation: a labelled split (`data.val_fraction` of the training images) is held out as the papers
+do, outside the label budget and never used for training, the same rule for every arm: every arm
+keeps its best epoch by validation accuracy, the baseline's learning rate is chosen on it, and the
+best arm is chosen on it; test accuracy is read once per cell, at the end. The unlabelled images are
+the rest of the training split. Seeds are paired: verdicts of each arm against the supervised
+baseline come from 95% intervals of the per-seed differences (aelab.stats).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+import numpy as np
+import torch
+
+from ..config import DataConfig, TrainConfig
+from ..data.device import DeviceData, hide_labels, split_rows
+from ..errors import ConfigError
+from ..models import build_model
+from ..models.aae_ssl import AAESSLConfig
+from ..models.conv import ConvConfig
+from ..models.ladder import LadderConfig
+from ..models.m2 import M2Config
+from ..models.sen import SENConfig
+from ..models.vae import VAEConfig
+from . import semi_arms as arms
+from . import semi_report
+from .base import (Cell, CellContext, Results, Study, StudyConfig, dataset_of, load_state_arrays, register_study,
+                   seeds_of, state_arrays)
+
+ARMS = ("supervised", "pretrain-finetune", "sen", "sen+pl", "ladder-gamma", "ladder-full", "m2", "aae")
+
+
+@dataclass
+class Epochs:
+    """Each arm's budget in passes over the training images (the best epoch is kept by validation)."""
+
+    supervised: int = 4
+    pretrain: int = 4  # the conv AE of pretrain-finetune
+    finetune: int = 4
+    sen: int = 4
+    ladder_gamma: int = 4
+    ladder_full: int = 4
+    m1: int = 4  # the VAE under M2
+    m2: int = 4
+    aae: int = 4
+
+
+@dataclass
+class Rates:
+    """Each arm's learning rate (the papers'; the supervised baseline's comes from `tune_lr`)."""
+
+    pretrain: float = 3e-3
+    finetune: float = 1e-3
+    sen: float = 2e-3
+    ladder: float = 2e-3  # Rasmus et al.: Adam 0.002
+    m1: float = 1e-3
+    m2: float = 1e-3
+    aae: float = 5e-4
+
+
+@dataclass
+class SemiStudyConfig(StudyConfig):
+    labels: tuple[int, ...] = (100, 1000)  # labelled training images in all, class-balanced
+    ceiling: bool = True  # the supervised arm with every label too
+    arms: tuple[str, ...] = ARMS
+    tune_lr: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # the supervised baseline's, chosen on validation
+    rotate: float = 0.0  # augmentation of the labelled images, the same for every arm
+    shift: int = 2
+    hflip: bool = False  # clothes: true (configs/semi_fashion.toml); digits: false
+    target: float = 0.80  # the bar: best arm's test accuracy at the smallest label count
+    epochs: Epochs = field(default_factory=Epochs)
+    lr: Rates = field(default_factory=Rates)
+    supervised: LadderConfig = field(default_factory=lambda: LadderConfig(name="ladder", variant="supervised"))
+    gamma: LadderConfig = field(default_factory=lambda: LadderConfig(name="ladder", variant="gamma"))
+    ladder: LadderConfig = field(default_factory=lambda: LadderConfig(name="ladder", variant="full"))
+    m1: VAEConfig = field(default_factory=lambda: VAEConfig(name="vae", arch="dense", latent_dim=50, hidden=(600, 600)))
+    m2: M2Config = field(default_factory=lambda: M2Config(name="m2", input="codes"))
+    aae: AAESSLConfig = field(default_factory=lambda: AAESSLConfig(name="aae-ssl"))
+    sen: SENConfig = field(default_factory=lambda: SENConfig(name="sen", clf_batch=64))
+    ae: ConvConfig = field(default_factory=lambda: ConvConfig(name="conv", latent_dim=64))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=100, schedule="cosine", progress="off"))
+
+    def check(self) -> None:
+        super().check()
+        unknown = set(self.arms) - set(ARMS)
+        if unknown or "supervised" not in self.arms:
+            raise ConfigError(f"arms: {', '.join(sorted(unknown)) or 'supervised missing'}; choose from "
+                              f"{', '.join(ARMS)} (supervised is the reference every verdict needs)")
+        if not self.labels or min(self.labels) <= 0 or not self.tune_lr or min(self.tune_lr) <= 0:
+            raise ConfigError("labels and tune_lr must hold positive numbers")
+        if self.data.val_fraction <= 0:
+            raise ConfigError("data.val_fraction must be > 0: every choice in this study is made on validation")
+        for f in dataclasses.fields(Epochs):
+            if getattr(self.epochs, f.name) <= 0:
+                raise ConfigError(f"epochs.{f.name} must be > 0")
+        for m in (self.supervised, self.gamma, self.ladder, self.m1, self.m2, self.aae, self.sen, self.ae):
+            m.check()
+
+
+@register_study("semi")
+class SemiStudy(Study):
+    Config = SemiStudyConfig
+    headline = "test_acc"
+
+    def preset(self, cfg: SemiStudyConfig) -> SemiStudyConfig:
+        return semi_report.quick_preset(cfg)
+
+    def cells(self, cfg: SemiStudyConfig) -> list[Cell]:
+        _check_labels(cfg)  # before anything trains
+        seeds = seeds_of(cfg)
+        sizes = [*cfg.labels, *([0] if cfg.ceiling else [])]
+        out = [Cell(f"tune:supervised:lr={lr:g}", cfg.seed, n) for n in sizes for lr in cfg.tune_lr]
+        pre = {"m2": "pretrain:m1", "pretrain-finetune": "pretrain:ae"}
+        out += [Cell(p, s, 0) for a, p in pre.items() if a in cfg.arms for s in seeds]
+        out += [Cell(a, s, n) for n in cfg.labels for a in cfg.arms for s in seeds]
+        return out + ([Cell("supervised", s, 0) for s in seeds] if cfg.ceiling else [])
+
+    def needs(self, cfg: SemiStudyConfig, cell: Cell) -> list[Cell]:
+        if cell.arm == "supervised":
+            return [Cell(f"tune:supervised:lr={lr:g}", cfg.seed, cell.n) for lr in cfg.tune_lr]
+        pre = {"m2": "pretrain:m1", "pretrain-finetune": "pretrain:ae"}.get(cell.arm)
+        return [Cell(pre, cell.seed, 0)] if pre else []
+
+    def run_cell(self, cfg: SemiStudyConfig, cell: Cell, ctx: CellContext) -> dict:
+        t0 = time.perf_counter()
+        splits = ctx.data(cfg)
+        data = with_labels(splits.train, cell.n, cell.seed)
+        if cell.arm.startswith("pretrain:"):
+            model = self._pretrain(cfg, cell, data)
+            return {"seconds": time.perf_counter() - t0, **state_arrays(model)}
+        model, curve = self._train(cfg, cell, ctx, data, splits.val)
+        out = {"val_acc": max(curve), "best_epoch": curve.index(max(curve)) + 1, "val_curve": curve,
+               "n_labels": int((data.y >= 0).sum()), "seconds": time.perf_counter() - t0}
+        if not cell.arm.startswith("tune:"):
+            out["test_acc"] = arms.accuracy(model, splits.test)
+            if cell.seed == cfg.seed and cell.n == cfg.labels[0]:
+                out.update(semi_report.figure_arrays(cell.arm, model, splits.test, cfg.seed))
+        return out
+
+    def _pretrain(self, cfg: SemiStudyConfig, cell: Cell, data: DeviceData):
+        m1 = cell.arm == "pretrain:m1"
+        budget = arms.Budget(cfg.epochs.m1 if m1 else cfg.epochs.pretrain, cfg.lr.m1 if m1 else cfg.lr.pretrain,
+                             cfg.train.batch_size)
+        return arms.pretrain(cfg.m1 if m1 else cfg.ae, data, budget, cfg.train, cell.seed)
+
+    def _train(self, cfg: SemiStudyConfig, cell: Cell, ctx: CellContext, data: DeviceData, val: DeviceData):
+        arm, e, r, bs = cell.arm, cfg.epochs, cfg.lr, cfg.train.batch_size
+        aug = {"rotate": cfg.rotate, "shift": cfg.shift, "hflip": cfg.hflip}
+        if arm == "pretrain-finetune":
+            ae = self._load(cfg.ae, data, ctx.deps[Cell("pretrain:ae", cell.seed, 0).key])
+            return arms.train_finetune(ae, data, val, arms.Budget(e.finetune, r.finetune, bs), cfg.train,
+                                       cell.seed, DataConfig(**aug))
+        if arm.startswith("tune:") or arm == "supervised":
+            lr = float(arm.split("=")[1]) if arm.startswith("tune:") else best_lr(cfg, cell, ctx)
+            model_cfg, budget = cfg.supervised, arms.Budget(e.supervised, lr, bs)
+        else:
+            model_cfg, budget = {
+                "sen": (dataclasses.replace(cfg.sen, pseudo=False), arms.Budget(e.sen, r.sen, bs)),
+                "sen+pl": (dataclasses.replace(cfg.sen, pseudo=True), arms.Budget(e.sen, r.sen, bs)),
+                "ladder-gamma": (cfg.gamma, arms.Budget(e.ladder_gamma, r.ladder, bs)),
+                "ladder-full": (cfg.ladder, arms.Budget(e.ladder_full, r.ladder, bs)),
+                "m2": (cfg.m2, arms.Budget(e.m2, r.m2, bs)),
+                "aae": (cfg.aae, arms.Budget(e.aae, r.aae, bs))}[arm]
+        prepare = None
+        if arm == "m2":  # M2's copy of M1 has the study's M1 shape; its weights come from the pretraining cell
+            model_cfg = dataclasses.replace(model_cfg, m1_latent=cfg.m1.latent_dim, m1_hidden=cfg.m1.hidden)
+            vae = self._load(cfg.m1, data, ctx.deps[Cell("pretrain:m1", cell.seed, 0).key])
+            prepare = lambda m: m.load_m1(vae)  # noqa: E731
+        return arms.train_pooled(dataclasses.replace(model_cfg, **aug), data, val, budget, cfg.train, cell.seed, prepare)
+
+    @staticmethod
+    def _load(model_cfg, data: DeviceData, row: dict):
+        """The autoencoder a pretraining cell stored (its weights), on the data's device."""
+        return load_state_arrays(build_model(model_cfg, tuple(data.x.shape[1:]), 10), row).to(data.device)
+
+    def summarize(self, cfg: SemiStudyConfig, results: Results, out) -> dict:
+        return semi_report.summarize(cfg, results, out)
+
+
+def best_lr(cfg: SemiStudyConfig, cell: Cell, ctx: CellContext) -> float:
+    """The tuning cell's learning rate with the best validation accuracy at this label count."""
+    val = {lr: ctx.deps[Cell(f"tune:supervised:lr={lr:g}", cfg.seed, cell.n).key]["val_acc"] for lr in cfg.tune_lr}
+    return max(val, key=val.get)
+
+
+def with_labels(train: DeviceData, n: int, seed: int) -> DeviceData:
+    """`train` with a seeded class-balanced `n` labels kept (n // classes each; 0 = every label)."""
+    if n == 0:
+        return train
+    y = hide_labels(train.y.cpu().numpy(), n // (int(train.y.max()) + 1), seed=seed)
+    return DeviceData(train.x, torch.as_tensor(y, device=train.device))
+
+
+def _check_labels(cfg: SemiStudyConfig) -> None:
+    """Every label count must be a multiple of the classes, at most the smallest class of the training split."""
+    ds = dataset_of(cfg)
+    y = np.bincount(ds.y_train[split_rows(len(ds.y_train), cfg.data.val_fraction, cfg.seed)[0]])
+    for n in cfg.labels:
+        if n % len(y) or n // len(y) > y.min():
+            raise ConfigError(f"labels={n}: need a multiple of the {len(y)} classes and at most "
+                              f"{len(y) * int(y.min())} (the smallest class of the training split, times {len(y)})")
