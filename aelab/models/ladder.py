@@ -37,7 +37,7 @@ from .semi_common import SemiConfig, SemiSupervised
 
 # lambda per layer from the input up, the authors' MNIST 100-label settings (their code's README):
 # full MLP 1000, 10, 0.1, ... (0.1 on every higher layer, whatever the depth); gamma: the top alone
-PAPER_GAMMA = {"mlp": 0.5, "conv-small": 1.0}
+PAPER_GAMMA = {"mlp": 0.5, "conv-small": 1.0, "conv-strided": 1.0}
 
 
 def paper_denoise(arch: str, variant: str, layers: int) -> list[float]:
@@ -52,7 +52,9 @@ def paper_denoise(arch: str, variant: str, layers: int) -> list[float]:
 @dataclass
 class LadderConfig(SemiConfig):
     latent_dim: int = 250  # the last hidden layer (MLP: 250 as in the paper; Conv-Small: set 10, the paper's)
-    arch: Literal["mlp", "conv-small"] = "mlp"
+    # mlp and conv-small: the paper's; conv-strided: three strided 3x3 convs 32-64-128, fc latent_dim,
+    # fc 10, about the MLP's cost on a CPU (Conv-Small costs ~20x more per image)
+    arch: Literal["mlp", "conv-small", "conv-strided"] = "mlp"
     variant: Literal["full", "gamma", "supervised"] = "full"
     hidden: tuple[int, ...] = (1000, 500, 250, 250)  # mlp: the widths below latent_dim
     noise: float = 0.3  # std of the gaussian noise of the corrupted pass (input and every layer)
@@ -72,11 +74,13 @@ class LadderConfig(SemiConfig):
 
 
 def _specs(cfg: LadderConfig, k: int) -> list[tuple]:
-    """The encoder's layers bottom-up: ("fc", width) | ("conv", width, size, padding) | ("pool",) | ("gmp",)."""
+    """The encoder's layers bottom-up: ("fc", width) | ("conv", width, size, padding, stride) | ("pool",) | ("gmp",)."""
     if cfg.arch == "mlp":
         return [("fc", w) for w in (*cfg.hidden, cfg.latent_dim, k)]
-    return [("conv", 32, 5, 4), ("pool",), ("conv", 64, 3, 0), ("conv", 64, 3, 2), ("pool",),
-            ("conv", 128, 3, 0), ("conv", cfg.latent_dim, 1, 0), ("gmp",), ("fc", k)]
+    if cfg.arch == "conv-strided":
+        return [("conv", 32, 3, 1, 2), ("conv", 64, 3, 1, 2), ("conv", 128, 3, 1, 2), ("fc", cfg.latent_dim), ("fc", k)]
+    return [("conv", 32, 5, 4, 1), ("pool",), ("conv", 64, 3, 0, 1), ("conv", 64, 3, 2, 1), ("pool",),
+            ("conv", 128, 3, 0, 1), ("conv", cfg.latent_dim, 1, 0, 1), ("gmp",), ("fc", k)]
 
 
 def _op(spec: tuple, in_shape: tuple[int, ...]) -> nn.Module:
@@ -85,7 +89,7 @@ def _op(spec: tuple, in_shape: tuple[int, ...]) -> nn.Module:
     if kind == "fc":
         return nn.Sequential(Flatten(), nn.Linear(numel(in_shape), spec[1], bias=False))
     if kind == "conv":
-        return nn.Conv2d(in_shape[0], spec[1], spec[2], padding=spec[3], bias=False)
+        return nn.Conv2d(in_shape[0], spec[1], spec[2], stride=spec[4], padding=spec[3], bias=False)
     return nn.MaxPool2d(2) if kind == "pool" else nn.Sequential(nn.AdaptiveAvgPool2d(1), Flatten())
 
 
@@ -94,8 +98,10 @@ def _transpose(spec: tuple, in_shape: tuple[int, ...], out_shape: tuple[int, ...
     kind = spec[0]
     if kind == "fc":
         return nn.Sequential(nn.Linear(out_shape[0], numel(in_shape), bias=False), Unflatten(in_shape))
-    if kind == "conv":
-        return nn.ConvTranspose2d(spec[1], in_shape[0], spec[2], padding=spec[3], bias=False)
+    if kind == "conv":  # output_padding lands a strided conv's transpose exactly on the input size
+        _, width, size, pad, stride = spec
+        extra = [i - ((o - 1) * stride - 2 * pad + size) for i, o in zip(in_shape[1:], out_shape[1:])]
+        return nn.ConvTranspose2d(width, in_shape[0], size, stride, pad, output_padding=tuple(extra), bias=False)
     return _Upsample(in_shape)
 
 
@@ -143,7 +149,7 @@ class Ladder(SemiSupervised):
     def __init__(self, cfg: LadderConfig, input_shape, num_classes=10):
         super().__init__(cfg, input_shape, num_classes)
         specs = _specs(cfg, num_classes)
-        self.shapes = [tuple(input_shape) if cfg.arch != "mlp" else (numel(input_shape),)]
+        self.shapes = [tuple(input_shape) if cfg.arch != "mlp" else (numel(input_shape),)]  # (C, H, W) or (D,)
         self.ops = nn.ModuleList()
         for spec in specs:  # shapes by a dry run: any input size works
             self.ops.append(_op(spec, self.shapes[-1]))

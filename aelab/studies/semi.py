@@ -7,8 +7,9 @@
 Labels: `labels` in all (class-balanced, the subset drawn from each seed), plus every label for the
 supervised ceiling. Arms, each on the same labelled subset per seed (paired), all with the same
 augmentation of the labelled images (`rotate`, `shift`, `hflip`):
-  supervised         the ladder's network on the labelled images alone (noise, augmentation); its
-                     learning rate chosen from `tune_lr` on validation by tuning cells
+  supervised         a ladder's network on the labelled images alone (its noise, the augmentation): the
+                     network (`tune_arch`: the MLP, a strided conv) and learning rate (`tune_lr`)
+                     chosen on validation by tuning cells at the first seed
   pretrain-finetune  a conv AE trained on every image, then fine-tuned with a head (aelab.classify)
   sen, sen+pl        the Shared Encoding Network (seed 003), without and with pseudo-labels
   ladder-gamma       the Γ-model (Rasmus et al. 2015): denoising cost on the top layer only
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import typing
 from dataclasses import dataclass, field
 import numpy as np
 import torch
@@ -81,7 +83,8 @@ class SemiStudyConfig(StudyConfig):
     labels: tuple[int, ...] = (100, 1000)  # labelled training images in all, class-balanced
     ceiling: bool = True  # the supervised arm with every label too
     arms: tuple[str, ...] = ARMS
-    tune_lr: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # the supervised baseline's, chosen on validation
+    tune_lr: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # the supervised baseline's, chosen on validation ...
+    tune_arch: tuple[str, ...] = ("mlp", "conv-strided")  # ... with its network (the ladder's archs)
     rotate: float = 0.0  # augmentation of the labelled images, the same for every arm
     shift: int = 2
     hflip: bool = False  # clothes: true (configs/semi_fashion.toml); digits: false
@@ -106,6 +109,9 @@ class SemiStudyConfig(StudyConfig):
                               f"{', '.join(ARMS)} (supervised is the reference every verdict needs)")
         if not self.labels or min(self.labels) <= 0 or not self.tune_lr or min(self.tune_lr) <= 0:
             raise ConfigError("labels and tune_lr must hold positive numbers")
+        archs = set(typing.get_args(typing.get_type_hints(LadderConfig)["arch"]))
+        if not self.tune_arch or not set(self.tune_arch) <= archs:
+            raise ConfigError(f"tune_arch={list(self.tune_arch)}: choose from {', '.join(sorted(archs))}")
         if self.data.val_fraction <= 0:
             raise ConfigError("data.val_fraction must be > 0: every choice in this study is made on validation")
         for f in dataclasses.fields(Epochs):
@@ -127,7 +133,7 @@ class SemiStudy(Study):
         _check_labels(cfg)  # before anything trains
         seeds = seeds_of(cfg)
         sizes = [*cfg.labels, *([0] if cfg.ceiling else [])]
-        out = [Cell(f"tune:supervised:lr={lr:g}", cfg.seed, n) for n in sizes for lr in cfg.tune_lr]
+        out = [c for n in sizes for c in tune_cells(cfg, n)]
         pre = {"m2": "pretrain:m1", "pretrain-finetune": "pretrain:ae"}
         out += [Cell(p, s, 0) for a, p in pre.items() if a in cfg.arms for s in seeds]
         out += [Cell(a, s, n) for n in cfg.labels for a in cfg.arms for s in seeds]
@@ -135,7 +141,7 @@ class SemiStudy(Study):
 
     def needs(self, cfg: SemiStudyConfig, cell: Cell) -> list[Cell]:
         if cell.arm == "supervised":
-            return [Cell(f"tune:supervised:lr={lr:g}", cfg.seed, cell.n) for lr in cfg.tune_lr]
+            return tune_cells(cfg, cell.n)
         pre = {"m2": "pretrain:m1", "pretrain-finetune": "pretrain:ae"}.get(cell.arm)
         return [Cell(pre, cell.seed, 0)] if pre else []
 
@@ -169,8 +175,8 @@ class SemiStudy(Study):
             return arms.train_finetune(ae, data, val, arms.Budget(e.finetune, r.finetune, bs), cfg.train,
                                        cell.seed, DataConfig(**aug))
         if arm.startswith("tune:") or arm == "supervised":
-            lr = float(arm.split("=")[1]) if arm.startswith("tune:") else best_lr(cfg, cell, ctx)
-            model_cfg, budget = cfg.supervised, arms.Budget(e.supervised, lr, bs)
+            arch, lr = tuned(arm) if arm.startswith("tune:") else best_setting(cfg, cell, ctx)
+            model_cfg, budget = dataclasses.replace(cfg.supervised, arch=arch), arms.Budget(e.supervised, lr, bs)
         else:
             model_cfg, budget = {
                 "sen": (dataclasses.replace(cfg.sen, pseudo=False), arms.Budget(e.sen, r.sen, bs)),
@@ -195,10 +201,21 @@ class SemiStudy(Study):
         return semi_report.summarize(cfg, results, out)
 
 
-def best_lr(cfg: SemiStudyConfig, cell: Cell, ctx: CellContext) -> float:
-    """The tuning cell's learning rate with the best validation accuracy at this label count."""
-    val = {lr: ctx.deps[Cell(f"tune:supervised:lr={lr:g}", cfg.seed, cell.n).key]["val_acc"] for lr in cfg.tune_lr}
-    return max(val, key=val.get)
+def tune_cells(cfg: SemiStudyConfig, n: int) -> list[Cell]:
+    """The supervised baseline's tuning cells at label count `n`: every network and learning rate, first seed."""
+    return [Cell(f"tune:supervised:{arch}:lr={lr:g}", cfg.seed, n) for arch in cfg.tune_arch for lr in cfg.tune_lr]
+
+
+def tuned(arm: str) -> tuple[str, float]:
+    """(network, learning rate) of a tuning cell's arm name."""
+    _, _, arch, lr = arm.split(":")
+    return arch, float(lr.split("=")[1])
+
+
+def best_setting(cfg: SemiStudyConfig, cell: Cell, ctx: CellContext) -> tuple[str, float]:
+    """The tuning cell with the best validation accuracy at this label count: (network, learning rate)."""
+    best = max(tune_cells(cfg, cell.n), key=lambda c: ctx.deps[c.key]["val_acc"])
+    return tuned(best.arm)
 
 
 def with_labels(train: DeviceData, n: int, seed: int) -> DeviceData:

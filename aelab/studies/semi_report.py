@@ -25,7 +25,7 @@ def quick_preset(cfg):
 
     r = dataclasses.replace
     small = {"hidden": (64, 32), "latent_dim": 32}
-    return r(cfg, seeds=min(cfg.seeds, 2), labels=cfg.labels[:1], tune_lr=cfg.tune_lr[:2],
+    return r(cfg, seeds=min(cfg.seeds, 2), labels=cfg.labels[:1], tune_lr=cfg.tune_lr[:2], tune_arch=cfg.tune_arch[:1],
              epochs=Epochs(**{f.name: 6 for f in dataclasses.fields(Epochs)}),
              supervised=r(cfg.supervised, **small), gamma=r(cfg.gamma, **small), ladder=r(cfg.ladder, **small),
              m1=r(cfg.m1, hidden=(64,), latent_dim=8), m2=r(cfg.m2, hidden=(64,), latent_dim=8),
@@ -73,11 +73,14 @@ def _size(n: int) -> str:
 
 
 def _tuning(cfg, results: Results, sizes: list[int]) -> dict:
-    """The supervised baseline's learning rate per label count: every candidate's validation accuracy."""
+    """The supervised baseline's network and learning rate per label count: every candidate's validation accuracy."""
+    from .semi import tune_cells, tuned
+
     out = {}
     for n in sizes:
-        tried = {lr: results.one(arm=f"tune:supervised:lr={lr:g}", n=n)["val_acc"] for lr in cfg.tune_lr}
-        out[_size(n)] = {"val_acc": {f"{lr:g}": v for lr, v in tried.items()}, "chosen_lr": max(tried, key=tried.get)}
+        tried = {c.arm: results.one(arm=c.arm, n=n)["val_acc"] for c in tune_cells(cfg, n)}
+        arch, lr = tuned(max(tried, key=tried.get))
+        out[_size(n)] = {"val_acc": {a.split(":", 2)[2]: v for a, v in tried.items()}, "chosen_arch": arch, "chosen_lr": lr}
     return out
 
 
