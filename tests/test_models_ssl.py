@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from aelab.errors import ConfigError
 from aelab.models import build_model
 from aelab.models.aae_ssl import AAESSLConfig
-from aelab.models.ladder import LadderConfig, _stats, combinator
+from aelab.models.ladder import LadderConfig
+from aelab.models.ladder_layers import combinator, stats
 from aelab.models.m2 import M2Config
 from aelab.models.vae import VAEConfig
+from test_models_contract import gradients_reached
 
 SHAPE = (1, 8, 8)
 
@@ -38,7 +40,7 @@ def pool(model, n: int = 30) -> None:
 # ----------------------------------------------------------------------------- the ladder
 
 
-@pytest.mark.parametrize("arch", ["mlp", "conv-small"])
+@pytest.mark.parametrize("arch", ["mlp", "conv-small", "conv-strided"])
 def test_ladder_variants_build_the_decoder_they_name(arch):
     kw = {"arch": arch, "latent_dim": 10 if arch == "conv-small" else 250}
     full, gamma, sup = (ladder(variant=v, **kw) for v in ("full", "gamma", "supervised"))
@@ -47,12 +49,14 @@ def test_ladder_variants_build_the_decoder_they_name(arch):
     assert list(gamma.g) == [str(top)] and len(gamma.V) == 0
     assert len(sup.g) == 0 and len(sup.V) == 0
     assert gamma.lam[:-1] == [0.0] * top and gamma.lam[-1] > 0 and not any(sup.lam)
-    assert top == (6 if arch == "mlp" else 9)  # 784-1000-500-250-250-250-10; Conv-Small's nine layers
-    for m in (full, gamma, sup):  # every variant keeps the contract's losses and shapes
+    assert top == {"mlp": 6, "conv-small": 9, "conv-strided": 5}[arch]  # 784-1000-500-250-250-250-10, ...
+    for m in (full, gamma, sup):  # every variant keeps the contract: losses, shapes, gradients everywhere
         pool(m)
         out = m(batch(6, labelled=False))
         assert torch.isfinite(out["loss"]) and m.encode(batch()["x"]).shape == (8, m.cfg.latent_dim)
         assert m.classify(batch()["x"]).shape == (8, 10)
+        reached = gradients_reached(m, batch(6)) | gradients_reached(m, batch(6), steps=1)
+        assert not [n for n, p in m.named_parameters() if id(p) not in reached]
     full_terms = set(full(batch())) - {"loss", "ce", "denoise"}
     assert full_terms == {f"cost{l}" for l in range(top + 1)}
 
@@ -83,7 +87,7 @@ def test_ladder_normalises_labelled_and_unlabelled_rows_apart():
     torch.testing.assert_close(lab.mean(0), torch.zeros(5), atol=1e-5, rtol=0)
     torch.testing.assert_close(unl.mean(0), torch.zeros(5), atol=1e-5, rtol=0)
     torch.testing.assert_close(mean[:5], z[4:].mean(0))  # the statistics handed on are the unlabelled rows'
-    torch.testing.assert_close(std[:5], _stats(z[4:])[1])
+    torch.testing.assert_close(std[:5], stats(z[4:])[1])
 
 
 def test_ladder_running_statistics_follow_the_clean_unlabelled_pass():

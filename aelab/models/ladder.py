@@ -13,9 +13,11 @@ normalised pre-activations and batch statistics. Batch statistics are taken sepa
 labelled and the unlabelled rows, as in the authors' code; test-time statistics are running means
 of the clean unlabelled pass. `variant`: "full" (a decoder at every layer), "gamma" (the Γ-model:
 the top layer only), "supervised" (the same network, noise and labelled images, no decoder: the
-paper's baseline). `arch`: the paper's MLP 784-1000-500-250-250-250-10 or Conv-Small (conv 5x5
+paper's baseline). `arch`: the paper's MLP 784-1000-500-250-250-250-10, its Conv-Small (conv 5x5
 full 32, pool, conv 3x3 valid 64, conv 3x3 full 64, pool, conv 3x3 valid 128, conv 1x1 10, global
-mean pool, fc 10; pooling layers are ladder layers too, linear, no bias, as in the authors' code).
+mean pool, fc 10; pooling layers are ladder layers too, linear, no bias, as in the authors' code), or
+"conv-strided", three strided 3x3 convs (32, 64, 128), fc, fc: not the paper's, a conv at about
+the MLP's cost on a CPU, where a Conv-Small step costs ~30x an MLP step (ladder_layers.py).
 `encode` gives the last hidden layer (the top layer's input); a small linear "readout" player learns
 to draw images from those codes (detached: it never changes the classifier), so the ladder answers
 `reconstruct` like every model.
@@ -32,7 +34,8 @@ from torch import nn
 from ..data.augment import augment
 from ..errors import ConfigError
 from .base import Player, register
-from .blocks import Flatten, Unflatten, numel
+from .blocks import Unflatten, numel
+from .ladder_layers import combinator, layer_specs, norm, stats, transpose_op, unit_shape, up_op
 from .semi_common import SemiConfig, SemiSupervised
 
 # lambda per layer from the input up, the authors' MNIST 100-label settings (their code's README):
@@ -52,8 +55,6 @@ def paper_denoise(arch: str, variant: str, layers: int) -> list[float]:
 @dataclass
 class LadderConfig(SemiConfig):
     latent_dim: int = 250  # the last hidden layer (MLP: 250 as in the paper; Conv-Small: set 10, the paper's)
-    # mlp and conv-small: the paper's; conv-strided: three strided 3x3 convs 32-64-128, fc latent_dim,
-    # fc 10, about the MLP's cost on a CPU (Conv-Small costs ~20x more per image)
     arch: Literal["mlp", "conv-small", "conv-strided"] = "mlp"
     variant: Literal["full", "gamma", "supervised"] = "full"
     hidden: tuple[int, ...] = (1000, 500, 250, 250)  # mlp: the widths below latent_dim
@@ -73,92 +74,23 @@ class LadderConfig(SemiConfig):
             raise ConfigError("model.denoise weights must be >= 0")
 
 
-def _specs(cfg: LadderConfig, k: int) -> list[tuple]:
-    """The encoder's layers bottom-up: ("fc", width) | ("conv", width, size, padding, stride) | ("pool",) | ("gmp",)."""
-    if cfg.arch == "mlp":
-        return [("fc", w) for w in (*cfg.hidden, cfg.latent_dim, k)]
-    if cfg.arch == "conv-strided":
-        return [("conv", 32, 3, 1, 2), ("conv", 64, 3, 1, 2), ("conv", 128, 3, 1, 2), ("fc", cfg.latent_dim), ("fc", k)]
-    return [("conv", 32, 5, 4, 1), ("pool",), ("conv", 64, 3, 0, 1), ("conv", 64, 3, 2, 1), ("pool",),
-            ("conv", 128, 3, 0, 1), ("conv", cfg.latent_dim, 1, 0, 1), ("gmp",), ("fc", k)]
-
-
-def _op(spec: tuple, in_shape: tuple[int, ...]) -> nn.Module:
-    """The layer's map h_{l-1} -> z_pre_l (no bias: batch norm removes it; beta follows)."""
-    kind = spec[0]
-    if kind == "fc":
-        return nn.Sequential(Flatten(), nn.Linear(numel(in_shape), spec[1], bias=False))
-    if kind == "conv":
-        return nn.Conv2d(in_shape[0], spec[1], spec[2], stride=spec[4], padding=spec[3], bias=False)
-    return nn.MaxPool2d(2) if kind == "pool" else nn.Sequential(nn.AdaptiveAvgPool2d(1), Flatten())
-
-
-def _transpose(spec: tuple, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> nn.Module:
-    """The decoder's V_l: layer l's shape back to layer l-1's (a transposed conv, upsampling, ...)."""
-    kind = spec[0]
-    if kind == "fc":
-        return nn.Sequential(nn.Linear(out_shape[0], numel(in_shape), bias=False), Unflatten(in_shape))
-    if kind == "conv":  # output_padding lands a strided conv's transpose exactly on the input size
-        _, width, size, pad, stride = spec
-        extra = [i - ((o - 1) * stride - 2 * pad + size) for i, o in zip(in_shape[1:], out_shape[1:])]
-        return nn.ConvTranspose2d(width, in_shape[0], size, stride, pad, output_padding=tuple(extra), bias=False)
-    return _Upsample(in_shape)
-
-
-class _Upsample(nn.Module):
-    """Undo a pooling: nearest-neighbour back to (C, H, W) (a global pool's output is broadcast)."""
-
-    def __init__(self, shape: tuple[int, ...]):
-        super().__init__()
-        self.shape = tuple(shape)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if z.dim() == 2:
-            return z[:, :, None, None].expand(-1, *self.shape)
-        return F.interpolate(z, size=self.shape[1:], mode="nearest")
-
-
-def _unit_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Per-unit parameters: one per feature, or one per channel of a conv map (C, 1, 1)."""
-    return (shape[0], 1, 1) if len(shape) == 3 else tuple(shape)
-
-
-def _stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch mean and std (B, ...) -> unit shape, over the batch (and the map of a conv layer)."""
-    dims = (0, 2, 3) if z.dim() == 4 else (0,)
-    var, mean = torch.var_mean(z, dim=dims, keepdim=True, correction=0)
-    return mean[0], (var[0] + 1e-10).sqrt()
-
-
-def _norm(z: torch.Tensor) -> torch.Tensor:
-    m, s = _stats(z)
-    return (z - m) / s
-
-
-def combinator(a: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The vanilla g: `a` (10, *unit) per-unit parameters, z~ and u (B, *shape) -> zhat."""
-    mu = a[0] * torch.sigmoid(a[1] * u + a[2]) + a[3] * u + a[4]
-    v = a[5] * torch.sigmoid(a[6] * u + a[7]) + a[8] * u + a[9]
-    return (z - mu) * v + mu
-
-
 @register("ladder")
 class Ladder(SemiSupervised):
     Config = LadderConfig
 
     def __init__(self, cfg: LadderConfig, input_shape, num_classes=10):
         super().__init__(cfg, input_shape, num_classes)
-        specs = _specs(cfg, num_classes)
+        specs = layer_specs(cfg.arch, cfg.hidden, cfg.latent_dim, num_classes)
         self.shapes = [tuple(input_shape) if cfg.arch != "mlp" else (numel(input_shape),)]  # (C, H, W) or (D,)
         self.ops = nn.ModuleList()
         for spec in specs:  # shapes by a dry run: any input size works
-            self.ops.append(_op(spec, self.shapes[-1]))
+            self.ops.append(up_op(spec, self.shapes[-1]))
             with torch.no_grad():
                 self.shapes.append(tuple(self.ops[-1](torch.zeros(1, *self.shapes[-1])).shape[1:]))
         self.kinds = [s[0] for s in specs]
         self.L = len(specs)
         self.lam = self._lambdas(cfg)
-        units = [_unit_shape(s) for s in self.shapes]
+        units = [unit_shape(s) for s in self.shapes]
         # beta on every layer with an activation (not the pools); gamma on the softmax layer only
         self.beta = nn.ParameterList([nn.Parameter(torch.zeros(units[l])) for l in range(1, self.L + 1)
                                       if self.kinds[l - 1] in ("fc", "conv")])
@@ -171,7 +103,7 @@ class Ladder(SemiSupervised):
         init = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])  # the authors' code
         self.g = nn.ParameterDict({str(l): nn.Parameter(init.view(10, *[1] * len(units[l])).repeat(1, *units[l]))
                                    for l in range(low, self.L + 1)})
-        self.V = nn.ModuleDict({str(l): _transpose(specs[l - 1], self.shapes[l - 1], self.shapes[l])
+        self.V = nn.ModuleDict({str(l): transpose_op(specs[l - 1], self.shapes[l - 1], self.shapes[l])
                                 for l in range(low + 1, self.L + 1)})
         self.decoder = nn.Sequential(nn.Linear(self.shapes[-2][0], numel(input_shape)), Unflatten(input_shape))
 
@@ -202,12 +134,12 @@ class Ladder(SemiSupervised):
         run_m, run_s = getattr(self, f"run_mean{l}"), getattr(self, f"run_std{l}")
         if not self.training:
             return (z - run_m) / run_s, (run_m, run_s)
-        m, s = _stats(z[n_l:])
+        m, s = stats(z[n_l:])
         if track:
             with torch.no_grad():
                 run_m.lerp_(m.detach(), 0.05), run_s.lerp_(s.detach(), 0.05)
         zu = (z[n_l:] - m) / s
-        return (torch.cat([_norm(z[:n_l]), zu]) if n_l else zu), (m, s)
+        return (torch.cat([norm(z[:n_l]), zu]) if n_l else zu), (m, s)
 
     def _encoder(self, x: torch.Tensor, noise: float, n_l: int = 0, track: bool = False):
         """One pass: the normalised z_l of every layer (z_0 = the input), their statistics over the
@@ -234,7 +166,7 @@ class Ladder(SemiSupervised):
         """Top-down from the corrupted pass: zhat_l of every decoded layer, from u_L = BN(softmax(top))."""
         u, zhat, out = torch.softmax(top, 1), None, {}
         for l in range(self.L, self.lowest_decoded() - 1, -1):
-            u = _norm(u if zhat is None else self.V[str(l + 1)](zhat))
+            u = norm(u if zhat is None else self.V[str(l + 1)](zhat))
             out[l] = zhat = combinator(self.g[str(l)], zt[l], u)
         return out
 
