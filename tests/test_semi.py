@@ -109,3 +109,13 @@ def test_any_npz_data_set_and_class_count(tmp_path, blobs_npz):
     m = json.loads((path / "metrics.json").read_text())
     assert m["n_labels"]["20"] == 20 and set(m["accuracy"]) == {"supervised", "ladder-full", "m2"}
     assert m["accuracy"]["supervised"]["all"]["mean"] > 0.5  # four easy classes: well above chance (0.25)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quick_study_on_a_gpu(tmp_path):
+    """Pools, pretrained weights and figures on the GPU (bf16 autocast and compile on, as `auto` sets them)."""
+    path = run_study("semi", overrides=["data=digits", "quick=true", "workers=1", "train.device=cuda",
+                                        f"out_dir={tmp_path}"])
+    m = json.loads((path / "metrics.json").read_text())
+    assert set(m["accuracy"]) == set(ARMS) and m["accuracy"]["supervised"]["all"]["mean"] > 0.2

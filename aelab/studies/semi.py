@@ -93,7 +93,8 @@ class SemiStudyConfig(StudyConfig):
     target: float = 0.80  # the bar: best arm's test accuracy at the smallest label count
     epochs: Epochs = field(default_factory=Epochs)
     lr: Rates = field(default_factory=Rates)
-    supervised: LadderConfig = field(default_factory=lambda: LadderConfig(name="ladder", variant="supervised"))
+    # the baseline: the paper's supervised MLP noise (0.5); its network and learning rate are tuned
+    supervised: LadderConfig = field(default_factory=lambda: LadderConfig(name="ladder", variant="supervised", noise=0.5))
     gamma: LadderConfig = field(default_factory=lambda: LadderConfig(name="ladder", variant="gamma"))
     ladder: LadderConfig = field(default_factory=lambda: LadderConfig(name="ladder", variant="full"))
     m1: VAEConfig = field(default_factory=lambda: VAEConfig(name="vae", arch="dense", latent_dim=50, hidden=(600, 600)))
