@@ -89,7 +89,8 @@ def test_quick_study_on_digits(tmp_path):
     assert set(m["comparisons"]) == {f"{a} - supervised @100" for a in ARMS if a != "supervised"}
     assert m["n_labels"] == {"100": 100, "all": m["n_labels"]["all"]} and m["n_labels"]["all"] > 1000
     tried = m["tuning"]["100"]["val_acc"]
-    assert f"{m['tuning']['100']['chosen_arch']}:lr={m['tuning']['100']['chosen_lr']:g}" == max(tried, key=tried.get)
+    assert f"{m['tuning']['100']['chosen_arch']} lr={m['tuning']['100']['chosen_lr']:.0e}" == max(tried, key=tried.get)
+    assert m["seconds"]["tuning"] > 0 and "tune:supervised:mlp:lr=0.001" not in m["seconds"]
     cells = {p.stem: json.loads(p.read_text()) for p in (path / "cells").glob("*.json")}
     lr = m["tuning"]["100"]["chosen_lr"]
     sup = next(v for k, v in cells.items() if k.startswith("supervised.n100.seed0"))

@@ -10,7 +10,6 @@ that validation curve; the study measures the test accuracy of what they return.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Callable
@@ -107,7 +106,7 @@ def train_finetune(ae: nn.Module, data: DeviceData, val: DeviceData, budget: Bud
     labelled images alone, augmented; `budget.epochs` counts passes of `budget.batch_size` draws
     as for the other arms (the labelled set is repeated to the size of the training set)."""
     torch.manual_seed(seed)
-    clf = Classifier(copy.deepcopy(ae), _classes(data, val), "finetune")
+    clf = Classifier(ae, _classes(data, val), "finetune")  # it trains a copy: `ae` stays as pretrained
     lab = data.labelled()
     reps = max(1, len(data) // max(len(lab), 1))
     rows = torch.arange(len(lab), device=lab.device).repeat(reps)

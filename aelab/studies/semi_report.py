@@ -62,10 +62,19 @@ def summarize(cfg, results: Results, out: Path) -> dict:
                for n in sizes if results.where(arm=a, n=n).rows} for a in arms}
     metrics = {"accuracy": acc, "val_accuracy": val, "tuning": _tuning(cfg, results, sizes),
                "comparisons": _comparisons(cfg, results, arms), "bar": _bar(cfg, results, arms),
-               "seconds": {a: float(np.sum(results.column("seconds", arm=a))) for a in results.values("arm")},
+               "seconds": _seconds(results),
                "n_labels": {_size(n): results.where(arm="supervised", n=n).rows[0]["n_labels"] for n in sizes}}
     _figures(cfg, results, arms, metrics, out / "figures")
     return metrics
+
+
+def _seconds(results: Results) -> dict:
+    """Cell seconds summed per arm (the tuning cells together, the pretraining cells per model)."""
+    out: dict[str, float] = {}
+    for r in results:
+        arm = "tuning" if r["arm"].startswith("tune:") else r["arm"]
+        out[arm] = out.get(arm, 0.0) + float(r["seconds"])
+    return out
 
 
 def _size(n: int) -> str:
@@ -80,7 +89,8 @@ def _tuning(cfg, results: Results, sizes: list[int]) -> dict:
     for n in sizes:
         tried = {c.arm: results.one(arm=c.arm, n=n)["val_acc"] for c in tune_cells(cfg, n)}
         arch, lr = tuned(max(tried, key=tried.get))
-        out[_size(n)] = {"val_acc": {a.split(":", 2)[2]: v for a, v in tried.items()}, "chosen_arch": arch, "chosen_lr": lr}
+        names = {a: "{} lr={:.0e}".format(*tuned(a)) for a in tried}  # no dots: the report splits keys on them
+        out[_size(n)] = {"val_acc": {names[a]: v for a, v in tried.items()}, "chosen_arch": arch, "chosen_lr": lr}
     return out
 
 
