@@ -242,3 +242,16 @@ def test_learns_digits_from_100_labels(digits, name, kw, lr, floor):
                                           semi_arms.Budget(30, lr, 100), TrainConfig(schedule="cosine"), seed=0)
     assert len(curve) == 30 and max(curve) == semi_arms.accuracy(model, digits.val)  # the best epoch is kept
     assert semi_arms.accuracy(model, digits.test) >= floor
+
+
+def test_supervised_ladder_keeps_clean_statistics_for_the_test():
+    """With noise, the statistics of a noisy pass are wider than those of clean test images: the running
+    ones must come from a clean pass."""
+    m = ladder(variant="supervised", noise=0.5, hidden=(32,), latent_dim=16)
+    x = torch.rand(64, *SHAPE)
+    m({"x": x, "x_in": x, "y": torch.arange(64) % 10})
+    with torch.no_grad():
+        z1 = m.ops[0](x.flatten(1))
+        h1 = torch.relu((z1 - z1.mean(0)) / z1.std(0, correction=0) + m.beta[0])
+        z2 = m.ops[1](h1)
+    torch.testing.assert_close(m.run_std2, torch.ones_like(m.run_std2).lerp(stats(z2)[1], 0.05), rtol=1e-4, atol=1e-5)

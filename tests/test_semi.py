@@ -20,7 +20,8 @@ from aelab.studies.semi_report import summarize
 
 
 def test_grid_tunes_before_the_baseline_and_pretrains_before_its_users():
-    cfg = SemiStudyConfig(seeds=2, labels=(100, 1000), tune_lr=(1e-3, 1e-2), tune_arch=("mlp", "conv-strided"))
+    cfg = SemiStudyConfig(seeds=2, labels=(100, 1000), tune_lr=(1e-3, 1e-2), tune_arch=("mlp", "conv-strided"),
+                          tune_noise=(0.3,))
     study = SemiStudy()
     grid = study.cells(cfg)
     keys = [c.key for c in grid]
@@ -29,7 +30,8 @@ def test_grid_tunes_before_the_baseline_and_pretrains_before_its_users():
     assert len(arms) == len(ARMS) * 2 * 2 + 2  # every arm, label count and seed, and the ceiling
     assert {c.n for c in arms if c.arm == "supervised"} == {100, 1000, 0}
     tune = study.needs(cfg, Cell("supervised", 1, 1000))
-    assert tune == [Cell(f"tune:supervised:{a}:lr={lr}", 0, 1000) for a in ("mlp", "conv-strided") for lr in ("0.001", "0.01")]
+    assert tune == [Cell(f"tune:supervised:{a}:noise=0.3:lr={lr}", 0, 1000) for a in ("mlp", "conv-strided")
+                    for lr in ("0.001", "0.01")]
     assert all(t in grid for t in tune)
     assert study.needs(cfg, Cell("m2", 1, 100)) == [Cell("pretrain:m1", 1, 0)]
     assert study.needs(cfg, Cell("pretrain-finetune", 0, 1000)) == [Cell("pretrain:ae", 0, 0)]
@@ -59,12 +61,12 @@ def _rows(arm: str, n: int, accs: list[float], vals: list[float] | None = None) 
 
 def test_bar_takes_the_best_arm_on_validation_and_pairs_it_with_the_baseline(tmp_path):
     cfg = SemiStudyConfig(seeds=3, labels=(100,), arms=("supervised", "ladder-full", "m2"), tune_lr=(1e-3,),
-                          tune_arch=("mlp", "conv-strided"))
+                          tune_arch=("mlp", "conv-strided"), tune_noise=(0.0,))
     rows = (_rows("supervised", 100, [0.70, 0.71, 0.72]) + _rows("supervised", 0, [0.9, 0.9, 0.91])
             # m2 has the higher test accuracy, ladder the higher validation accuracy: the ladder is chosen
             + _rows("ladder-full", 100, [0.80, 0.82, 0.81], [0.9, 0.9, 0.9])
             + _rows("m2", 100, [0.85, 0.86, 0.84], [0.5, 0.5, 0.5])
-            + [{"arm": f"tune:supervised:{a}:lr=0.001", "seed": 0, "n": n, "val_acc": v, "seconds": 1.0}
+            + [{"arm": f"tune:supervised:{a}:noise=0:lr=0.001", "seed": 0, "n": n, "val_acc": v, "seconds": 1.0}
                for n in (100, 0) for a, v in (("mlp", 0.7), ("conv-strided", 0.75))])
     m = summarize(cfg, Results(rows), tmp_path)
     bar = m["bar"]
@@ -89,8 +91,9 @@ def test_quick_study_on_digits(tmp_path):
     assert set(m["comparisons"]) == {f"{a} - supervised @100" for a in ARMS if a != "supervised"}
     assert m["n_labels"] == {"100": 100, "all": m["n_labels"]["all"]} and m["n_labels"]["all"] > 1000
     tried = m["tuning"]["100"]["val_acc"]
-    assert f"{m['tuning']['100']['chosen_arch']} lr={m['tuning']['100']['chosen_lr']:.0e}" == max(tried, key=tried.get)
-    assert m["seconds"]["tuning"] > 0 and "tune:supervised:mlp:lr=0.001" not in m["seconds"]
+    t = m["tuning"]["100"]
+    assert f"{t['chosen_arch']} noise={t['chosen_noise']:.0e} lr={t['chosen_lr']:.0e}" == max(tried, key=tried.get)
+    assert m["seconds"]["tuning"] > 0 and not any(k.startswith("tune:") for k in m["seconds"])
     cells = {p.stem: json.loads(p.read_text()) for p in (path / "cells").glob("*.json")}
     lr = m["tuning"]["100"]["chosen_lr"]
     sup = next(v for k, v in cells.items() if k.startswith("supervised.n100.seed0"))

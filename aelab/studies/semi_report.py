@@ -26,6 +26,7 @@ def quick_preset(cfg):
     r = dataclasses.replace
     small = {"hidden": (64, 32), "latent_dim": 32}
     return r(cfg, seeds=min(cfg.seeds, 2), labels=cfg.labels[:1], tune_lr=cfg.tune_lr[:2], tune_arch=cfg.tune_arch[:1],
+             tune_noise=cfg.tune_noise[-1:],
              epochs=Epochs(**{f.name: 6 for f in dataclasses.fields(Epochs)}),
              supervised=r(cfg.supervised, **small), gamma=r(cfg.gamma, **small), ladder=r(cfg.ladder, **small),
              m1=r(cfg.m1, hidden=(64,), latent_dim=8), m2=r(cfg.m2, hidden=(64,), latent_dim=8),
@@ -88,9 +89,10 @@ def _tuning(cfg, results: Results, sizes: list[int]) -> dict:
     out = {}
     for n in sizes:
         tried = {c.arm: results.one(arm=c.arm, n=n)["val_acc"] for c in tune_cells(cfg, n)}
-        arch, lr = tuned(max(tried, key=tried.get))
-        names = {a: "{} lr={:.0e}".format(*tuned(a)) for a in tried}  # no dots: the report splits keys on them
-        out[_size(n)] = {"val_acc": {names[a]: v for a, v in tried.items()}, "chosen_arch": arch, "chosen_lr": lr}
+        arch, noise, lr = tuned(max(tried, key=tried.get))
+        names = {a: "{} noise={:.0e} lr={:.0e}".format(*tuned(a)) for a in tried}  # no dots: the report splits on them
+        out[_size(n)] = {"val_acc": {names[a]: v for a, v in tried.items()}, "chosen_arch": arch,
+                         "chosen_noise": noise, "chosen_lr": lr}
     return out
 
 
