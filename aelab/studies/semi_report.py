@@ -1,0 +1,166 @@
+"""The semi study's summary (statistics, verdicts, the bars), its figures and its quick preset.
+
+Everything here reads the stored cells (`Results`) only: test accuracy per arm and label count (mean
+and 95% interval over seeds), each arm's paired difference to the supervised baseline with its
+computed verdict, the baseline's chosen learning rate, and the bars: the best autoencoder-family arm
+at the fewest labels, chosen by validation accuracy, against the target and against the baseline.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import stats
+from ..report import plots
+from .base import Results
+
+def quick_preset(cfg):
+    """Seconds on 8x8 digits (the test suite runs it): two seeds, the first label count, a few epochs,
+    narrow networks; every arm and every kind of cell still runs."""
+    from .semi import Epochs
+
+    r = dataclasses.replace
+    small = {"hidden": (64, 32), "latent_dim": 32}
+    return r(cfg, seeds=min(cfg.seeds, 2), labels=cfg.labels[:1], tune_lr=cfg.tune_lr[:2], tune_arch=cfg.tune_arch[:1],
+             tune_noise=cfg.tune_noise[-1:],
+             epochs=Epochs(**{f.name: 6 for f in dataclasses.fields(Epochs)}),
+             supervised=r(cfg.supervised, **small), gamma=r(cfg.gamma, **small), ladder=r(cfg.ladder, **small),
+             m1=r(cfg.m1, hidden=(64,), latent_dim=8), m2=r(cfg.m2, hidden=(64,), latent_dim=8),
+             aae=r(cfg.aae, hidden=(64,), disc_hidden=(32,)), sen=r(cfg.sen, channels=(8, 16, 32), hidden=32),
+             ae=r(cfg.ae, channels=(8, 16), latent_dim=16))
+
+
+@torch.no_grad()
+def figure_arrays(arm: str, model: nn.Module, test, seed: int) -> dict:
+    """Arrays the figures need, from the first seed at the fewest labels: the style/class grid of M2 and
+    the AAE (one row per class, ten styles held fixed along each column) and the full ladder's
+    denoising of its input layer (clean, noised, denoised test images)."""
+    model.eval()
+    if arm in ("m2", "aae"):
+        k = model.num_classes
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(10, model.cfg.latent_dim, generator=g).to(test.device).repeat(k, 1)  # (K*10, d)
+        y = torch.arange(k, device=test.device).repeat_interleave(10)
+        return {"style_grid": torch.sigmoid(model.generate(z, y)).float().cpu()}
+    if arm == "ladder-full":
+        x = test.batch(slice(0, 10))["x"]
+        torch.manual_seed(seed)
+        noised, denoised = model.denoised_input(x)
+        return {"ladder_layers": torch.cat([x, noised.clamp(0, 1), denoised.clamp(0, 1)]).float().cpu()}
+    return {}
+
+
+def summarize(cfg, results: Results, out: Path) -> dict:
+    arms = [a for a in results.values("arm") if ":" not in a]
+    sizes = [*cfg.labels, *([0] if cfg.ceiling else [])]
+    acc = {a: {_size(n): stats.summary(results.column("test_acc", arm=a, n=n))
+               for n in sizes if results.where(arm=a, n=n).rows} for a in arms}
+    val = {a: {_size(n): float(np.mean(results.column("val_acc", arm=a, n=n)))
+               for n in sizes if results.where(arm=a, n=n).rows} for a in arms}
+    metrics = {"accuracy": acc, "val_accuracy": val, "tuning": _tuning(cfg, results, sizes),
+               "comparisons": _comparisons(cfg, results, arms), "bar": _bar(cfg, results, arms),
+               "seconds": _seconds(results),
+               "n_labels": {_size(n): results.where(arm="supervised", n=n).rows[0]["n_labels"] for n in sizes}}
+    _figures(cfg, results, arms, metrics, out / "figures")
+    return metrics
+
+
+def _seconds(results: Results) -> dict:
+    """Cell seconds summed per arm (the tuning cells together, the pretraining cells per model)."""
+    out: dict[str, float] = {}
+    for r in results:
+        arm = "tuning" if r["arm"].startswith("tune:") else r["arm"]
+        out[arm] = out.get(arm, 0.0) + float(r["seconds"])
+    return out
+
+
+def _size(n: int) -> str:
+    return str(n) if n else "all"
+
+
+def _tuning(cfg, results: Results, sizes: list[int]) -> dict:
+    """The supervised baseline's network and learning rate per label count: every candidate's validation accuracy."""
+    from .semi import tune_cells, tuned
+
+    out = {}
+    for n in sizes:
+        tried = {c.arm: results.one(arm=c.arm, n=n)["val_acc"] for c in tune_cells(cfg, n)}
+        arch, noise, lr = tuned(max(tried, key=tried.get))
+        names = {a: "{} noise={:.0e} lr={:.0e}".format(*tuned(a)) for a in tried}  # no dots: the report splits on them
+        out[_size(n)] = {"val_acc": {names[a]: v for a, v in tried.items()}, "chosen_arch": arch,
+                         "chosen_noise": noise, "chosen_lr": lr}
+    return out
+
+
+def _comparisons(cfg, results: Results, arms: list[str]) -> dict:
+    """Each arm against the supervised baseline, paired by seed, per label count: the difference of
+    test accuracies, its 95% interval and the verdict read off it."""
+    out = {}
+    for n in cfg.labels:
+        base = results.column("test_acc", arm="supervised", n=n)
+        for a in arms:
+            if a != "supervised":
+                d = stats.paired(results.column("test_acc", arm=a, n=n), base)
+                out[f"{a} - supervised @{n}"] = {"diff": d, "verdict": f"{a} vs supervised with {n} labels: "
+                                                 f"{stats.verdict(d)}"}
+    return out
+
+
+def _bar(cfg, results: Results, arms: list[str]) -> dict:
+    """The best autoencoder-family arm at the fewest labels, chosen by mean validation accuracy, on test:
+    against the target, and against the tuned supervised baseline (paired, 95% interval)."""
+    n = cfg.labels[0]
+    family = [a for a in arms if a != "supervised"]
+    if not family:
+        return {"labels": n, "note": "no arm besides the supervised baseline ran"}
+    best = max(family, key=lambda a: np.mean(results.column("val_acc", arm=a, n=n)))
+    test = stats.summary(results.column("test_acc", arm=best, n=n))
+    base = stats.summary(results.column("test_acc", arm="supervised", n=n))
+    d = stats.paired(results.column("test_acc", arm=best, n=n), results.column("test_acc", arm="supervised", n=n))
+    beats = stats.verdict(d) == "better"
+    met = test["mean"] >= cfg.target
+    miss = "" if met else f" by {cfg.target - test['mean']:.3f}"
+    return {"labels": n, "target": cfg.target, "best_arm": best, "chosen_by": "mean validation accuracy",
+            "test": test, "supervised": base, "best_minus_supervised": d, "met": met, "beats_supervised": beats,
+            "verdict": f"{best} (chosen on validation): {test['mean']:.3f} test accuracy with {n} labels, "
+                       f"{'meets' if met else 'misses'} the {cfg.target:.2f} bar{miss}; "
+                       f"against the tuned supervised baseline ({base['mean']:.3f}): {stats.verdict(d)} "
+                       f"({d['mean']:+.3f}, 95% CI {d['ci95'][0]:+.3f} to {d['ci95'][1]:+.3f})"}
+
+
+def _figures(cfg, results: Results, arms: list[str], metrics: dict, fig: Path) -> None:
+    sizes = [*cfg.labels, *([0] if cfg.ceiling else [])]
+    x = {n: metrics["n_labels"][_size(n)] for n in sizes}
+    ys = {}
+    for a in arms:
+        ns = [n for n in sizes if results.where(arm=a, n=n).rows]
+        ys[a] = (np.array([np.mean(results.column("test_acc", arm=a, n=n)) for n in ns]),
+                 np.array([np.std(results.column("test_acc", arm=a, n=n)) for n in ns]))
+    sup_x = [x[n] for n in sizes if results.where(arm="supervised", n=n).rows]
+    plots.save(_accuracy_plot([x[n] for n in cfg.labels], ys, sup_x), fig / "accuracy_vs_labels.png")
+    first = results.where(seed=cfg.seed, n=cfg.labels[0])
+    for a, title in (("m2", "M1+M2"), ("aae", "semi-supervised AAE")):
+        rows = first.where(arm=a).rows
+        if rows and "style_grid" in rows[0]:
+            plots.save(plots.image_grid(rows[0]["style_grid"], 10, f"{title}: one row per class, the style "
+                                        "held fixed down each column"), fig / f"style_class_{a}.png")
+    rows = first.where(arm="ladder-full").rows
+    if rows and "ladder_layers" in rows[0]:
+        plots.save(plots.image_grid(rows[0]["ladder_layers"], 10, "full ladder, input layer: clean / corrupted "
+                                    "/ denoised (the hidden layers are not images)"), fig / "ladder_denoised.png")
+
+
+def _accuracy_plot(xs: list[int], ys: dict, sup_x: list[int]):
+    """Test accuracy against labelled images, one line per arm; the supervised one runs on to every label."""
+    fig = plots.metric_vs(xs, {a: v for a, v in ys.items() if a != "supervised"}, "labelled images (in all)",
+                          "test accuracy", "Test accuracy vs labels (mean ± std over seeds)", logx=True)
+    if "supervised" in ys:
+        ax, (mean, std) = fig.axes[0], ys["supervised"]
+        ax.plot(sup_x, mean, marker="s", markersize=4, color="black", label="supervised (to every label)")
+        ax.fill_between(sup_x, mean - std, mean + std, color="black", alpha=0.1, linewidth=0)
+        ax.legend(fontsize="small")
+    return fig

@@ -1,0 +1,125 @@
+"""The semi study: its grid, its choices on validation, its verdicts, and the quick run on digits.
+
+    .venv/bin/pytest tests/test_semi.py -q
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from aelab import stats
+from aelab.data.device import DeviceData
+from aelab.errors import ConfigError
+from aelab.studies import run_study
+from aelab.studies.base import Cell, Results
+from aelab.studies.semi import ARMS, SemiStudy, SemiStudyConfig, with_labels
+from aelab.studies.semi_report import summarize
+
+
+def test_grid_tunes_before_the_baseline_and_pretrains_before_its_users():
+    cfg = SemiStudyConfig(seeds=2, labels=(100, 1000), tune_lr=(1e-3, 1e-2), tune_arch=("mlp", "conv-strided"),
+                          tune_noise=(0.3,))
+    study = SemiStudy()
+    grid = study.cells(cfg)
+    keys = [c.key for c in grid]
+    assert len(set(keys)) == len(keys)
+    arms = [c for c in grid if ":" not in c.arm]
+    assert len(arms) == len(ARMS) * 2 * 2 + 2  # every arm, label count and seed, and the ceiling
+    assert {c.n for c in arms if c.arm == "supervised"} == {100, 1000, 0}
+    tune = study.needs(cfg, Cell("supervised", 1, 1000))
+    assert tune == [Cell(f"tune:supervised:{a}:noise=0.3:lr={lr}", 0, 1000) for a in ("mlp", "conv-strided")
+                    for lr in ("0.001", "0.01")]
+    assert all(t in grid for t in tune)
+    assert study.needs(cfg, Cell("m2", 1, 100)) == [Cell("pretrain:m1", 1, 0)]
+    assert study.needs(cfg, Cell("pretrain-finetune", 0, 1000)) == [Cell("pretrain:ae", 0, 0)]
+    assert study.needs(cfg, Cell("ladder-full", 0, 100)) == []
+
+
+def test_labels_are_kept_per_seed_and_class_balanced():
+    y = torch.arange(500) % 10
+    train = DeviceData(torch.zeros(500, 1, 2, 2, dtype=torch.uint8), y)
+    a, b = with_labels(train, 100, 0), with_labels(train, 100, 1)
+    assert torch.bincount(a.y[a.y >= 0]).tolist() == [10] * 10 and (a.y >= 0).sum() == 100
+    assert not torch.equal(a.y, b.y) and torch.equal(a.y, with_labels(train, 100, 0).y)
+    assert with_labels(train, 0, 0) is train  # every label: the ceiling
+
+
+def test_bad_configs_are_one_line_errors(tmp_path):
+    for bad, says in (("arms=['sen', 'ladder-full']", "supervised missing"), ("tune_arch=['cnn']", "tune_arch"), ("arms=['supervised', 'nope']", "nope"),
+                      ("labels=[105]", "labels=105"), ("data.val_fraction=0.0", "validation"), ("epochs.m2=0", "epochs.m2")):
+        with pytest.raises(ConfigError, match=says):
+            run_study("semi", overrides=["data=digits", f"out_dir={tmp_path}", bad])
+
+
+def _rows(arm: str, n: int, accs: list[float], vals: list[float] | None = None) -> list[dict]:
+    return [{"arm": arm, "seed": s, "n": n, "test_acc": a, "val_acc": (vals or accs)[s], "seconds": 1.0,
+             "n_labels": n or 1000} for s, a in enumerate(accs)]
+
+
+def test_bar_takes_the_best_arm_on_validation_and_pairs_it_with_the_baseline(tmp_path):
+    cfg = SemiStudyConfig(seeds=3, labels=(100,), arms=("supervised", "ladder-full", "m2"), tune_lr=(1e-3,),
+                          tune_arch=("mlp", "conv-strided"), tune_noise=(0.0,))
+    rows = (_rows("supervised", 100, [0.70, 0.71, 0.72]) + _rows("supervised", 0, [0.9, 0.9, 0.91])
+            # m2 has the higher test accuracy, ladder the higher validation accuracy: the ladder is chosen
+            + _rows("ladder-full", 100, [0.80, 0.82, 0.81], [0.9, 0.9, 0.9])
+            + _rows("m2", 100, [0.85, 0.86, 0.84], [0.5, 0.5, 0.5])
+            + [{"arm": f"tune:supervised:{a}:noise=0:lr=0.001", "seed": 0, "n": n, "val_acc": v, "seconds": 1.0}
+               for n in (100, 0) for a, v in (("mlp", 0.7), ("conv-strided", 0.75))])
+    m = summarize(cfg, Results(rows), tmp_path)
+    bar = m["bar"]
+    assert bar["best_arm"] == "ladder-full" and bar["met"] and bar["beats_supervised"]
+    d = stats.paired([0.80, 0.82, 0.81], [0.70, 0.71, 0.72])
+    assert bar["best_minus_supervised"] == d and bar["verdict"].startswith("ladder-full (chosen on validation): 0.810")
+    assert m["comparisons"]["m2 - supervised @100"]["verdict"].endswith("better")
+    assert m["tuning"]["100"]["chosen_lr"] == 1e-3 and m["tuning"]["100"]["chosen_arch"] == "conv-strided"
+    assert m["accuracy"]["supervised"]["all"]["mean"] == pytest.approx(0.9033, abs=1e-4)
+    assert (tmp_path / "figures" / "accuracy_vs_labels.png").exists()
+    rows = [r if r["arm"] != "ladder-full" else {**r, "test_acc": r["test_acc"] - 0.10} for r in rows]
+    bar = summarize(cfg, Results(rows), tmp_path)["bar"]  # 0.71: below the bar and level with the baseline
+    assert not bar["met"] and not bar["beats_supervised"] and "misses the 0.80 bar by 0.090" in bar["verdict"]
+
+
+def test_quick_study_on_digits(tmp_path):
+    path = run_study("semi", overrides=["data=digits", "quick=true", "workers=1", f"out_dir={tmp_path}"])
+    m = json.loads((path / "metrics.json").read_text())
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["seeds"] == 2 and cfg["labels"] == [100]  # the preset is stored as it ran
+    assert set(m["accuracy"]) == set(ARMS) and m["accuracy"]["supervised"]["all"]["n"] == 2
+    assert set(m["comparisons"]) == {f"{a} - supervised @100" for a in ARMS if a != "supervised"}
+    assert m["n_labels"] == {"100": 100, "all": m["n_labels"]["all"]} and m["n_labels"]["all"] > 1000
+    tried = m["tuning"]["100"]["val_acc"]
+    t = m["tuning"]["100"]
+    assert f"{t['chosen_arch']} noise={t['chosen_noise']:.0e} lr={t['chosen_lr']:.0e}" == max(tried, key=tried.get)
+    assert m["seconds"]["tuning"] > 0 and not any(k.startswith("tune:") for k in m["seconds"])
+    cells = {p.stem: json.loads(p.read_text()) for p in (path / "cells").glob("*.json")}
+    lr = m["tuning"]["100"]["chosen_lr"]
+    sup = next(v for k, v in cells.items() if k.startswith("supervised.n100.seed0"))
+    assert sup["result"]["val_acc"] == max(sup["result"]["val_curve"])  # the best epoch was kept
+    assert m["bar"]["best_arm"] == max((a for a in ARMS if a != "supervised"),
+                                       key=lambda a: np.mean([v["result"]["val_acc"] for k, v in cells.items()
+                                                              if k.startswith(f"{a}.n100.")]))
+    for name in ("accuracy_vs_labels", "style_class_m2", "style_class_aae", "ladder_denoised"):
+        assert (path / "figures" / f"{name}.png").exists(), name
+    assert lr in (1e-3, 3e-3)
+
+
+def test_any_npz_data_set_and_class_count(tmp_path, blobs_npz):
+    """Real MNIST comes as IDX files or `npz:`; the study takes any class count (the blobs have four)."""
+    path = run_study("semi", overrides=[f"data={blobs_npz}", "quick=true", "workers=1", f"out_dir={tmp_path}",
+                                        "labels=[20]", "arms=['supervised', 'ladder-full', 'm2']", "seeds=2"])
+    m = json.loads((path / "metrics.json").read_text())
+    assert m["n_labels"]["20"] == 20 and set(m["accuracy"]) == {"supervised", "ladder-full", "m2"}
+    assert m["accuracy"]["supervised"]["all"]["mean"] > 0.5  # four easy classes: well above chance (0.25)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quick_study_on_a_gpu(tmp_path):
+    """Pools, pretrained weights and figures on the GPU (bf16 autocast and compile on, as `auto` sets them)."""
+    path = run_study("semi", overrides=["data=digits", "quick=true", "workers=1", "train.device=cuda",
+                                        f"out_dir={tmp_path}"])
+    m = json.loads((path / "metrics.json").read_text())
+    assert set(m["accuracy"]) == set(ARMS) and m["accuracy"]["supervised"]["all"]["mean"] > 0.2
