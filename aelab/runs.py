@@ -7,7 +7,6 @@ A run folder holds everything anyone needs to check it: `config.json`, `history.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time

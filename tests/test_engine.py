@@ -1,6 +1,6 @@
 import math
 import signal
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
 import torch

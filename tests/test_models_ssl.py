@@ -5,7 +5,6 @@ variants, the pieces of their losses, and a real accuracy floor on held-out 8x8 
 """
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch

@@ -29,7 +29,7 @@ from torch import nn
 from .. import losses
 from ..errors import ConfigError
 from .base import AEConfig, Autoencoder, Player, register
-from .blocks import Flatten, activation, conv_encoder, mlp, numel
+from .blocks import Flatten, conv_encoder, mlp, numel
 
 
 @dataclass
