@@ -68,10 +68,29 @@ def cpu(args: list[str], repeats: int, out: Path) -> str:
             f"**{verdict}** ({one / two:.2f}x).\n\n"
             + table(["workers x threads", "median wall seconds", "cells per minute", "speed-up (x)",
                      "metrics.json SHA-256"], rows)
+            + "\n\n" + scaling(one, two, same_threads["seconds"])
             + f"\n\nmetrics.json with 2 workers equals 1 worker at the same threads per cell: **{equal}**. "
               f"1 worker x 2 threads vs 2 x 1: **{'identical' if across else 'different'}**"
             + ("" if across else " (the threads per cell change oneDNN's convolution rounding, not the number "
-                                 "of workers: hence `threads` is fixed per cell and stored with the config)") + ".")
+                                 "of workers: hence `threads` is fixed per cell and stored with the config)") + ". "
+            + repeatable(arms))
+
+
+def scaling(one: float, two: float, single: float) -> str:
+    """Why 2 workers gain what they gain: the best they can do is half the one-thread time."""
+    bound = one / (single / 2)
+    return (f"Where the time goes: 2 threads in one cell run {single / one:.2f}x one thread, so the cores are "
+            f"already {single / one / 2:.0%} busy with one worker; 2 one-thread workers run {single / two:.2f}x "
+            f"one ({single / two / 2:.0%} of perfect). Even perfect workers (half the one-thread time) would be "
+            f"{bound:.2f}x the 1 x 2 arm: the target is {'within' if bound >= 1.4 else 'beyond'} reach of this "
+            f"study on this machine.")
+
+
+def repeatable(arms: dict) -> str:
+    """Whether repeated runs of each arm wrote the same metrics.json."""
+    return "Repeated runs identical: " + ", ".join(
+        f"{w} x {t}: **{len({r['sha'] for r in runs}) == 1}**" for (w, t), runs in arms.items()) + \
+        " (a study's default is one thread per cell)."
 
 
 def gpu(args: list[str], out: Path, counts: list[int], write) -> str:

@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import bench_memory  # noqa: E402
 import bench_seeds  # noqa: E402
 import bench_train  # noqa: E402
+import bench_workers  # noqa: E402
 import systems  # noqa: E402
 
 
@@ -56,6 +57,20 @@ def test_gpu_verdicts():
     assert "missed by 2.00x" in bench_train.epoch_note([60000.0])
     times = {bench_seeds.ONE: [8.0], bench_seeds.STACK: [4.0]}
     assert bench_seeds.verdict(times, "cuda") == "Batched: 2.00x one after another; target >= 4x: missed by 2.00x."
+
+
+def test_workers_note_says_whether_the_target_is_within_reach():
+    # 2 threads already 1.6x one thread: perfect 2 workers (183 s) are only 1.25x the 1 x 2 arm
+    busy = bench_workers.scaling(one=229.2, two=206.5, single=366.4)
+    assert "1.25x the 1 x 2 arm" in busy and "beyond reach" in busy and "89% of perfect" in busy
+    # threads that barely help leave room: perfect workers would be 1.64x
+    idle = bench_workers.scaling(one=300.0, two=190.0, single=366.0)
+    assert "1.64x" in idle and "within reach" in idle
+
+
+def test_workers_note_flags_runs_that_differ():
+    note = bench_workers.repeatable({(1, 2): [{"sha": "a"}, {"sha": "b"}], (2, 1): [{"sha": "c"}, {"sha": "c"}]})
+    assert "1 x 2: **False**" in note and "2 x 1: **True**" in note
 
 
 def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
