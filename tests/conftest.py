@@ -38,9 +38,26 @@ def blob_splits(blobs):
     return to_device(blobs, "cpu", val_fraction=0.2, seed=0)
 
 
-@pytest.fixture
-def blobs_npz(tmp_path, blobs) -> str:
-    """The blobs as an `npz:` data set name, so runs and the CLI can use them."""
-    path = tmp_path / "blobs.npz"
-    np.savez(path, x_train=blobs.x_train, y_train=blobs.y_train, x_test=blobs.x_test, y_test=blobs.y_test)
+def write_blobs_npz(folder) -> str:
+    """The blobs written to folder/blobs.npz; the `npz:` data set name, so runs and the CLI can use them
+    (a function too, for module-scoped fixtures, which cannot take `tmp_path`)."""
+    path, ds = folder / "blobs.npz", make_blobs()
+    np.savez(path, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
     return f"npz:{path}"
+
+
+@pytest.fixture
+def blobs_npz(tmp_path) -> str:
+    return write_blobs_npz(tmp_path)
+
+
+class Crash(Exception):
+    """What `crash_after` raises: a fit stopped as a crash would stop it."""
+
+
+def crash_after(epoch: int):
+    """An `on_epoch` callback that raises Crash once `epoch` has ended (its checkpoint written)."""
+    def hook(row: dict) -> None:
+        if row["epoch"] == epoch:
+            raise Crash
+    return hook

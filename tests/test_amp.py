@@ -1,6 +1,7 @@
 """Mixed precision on the CPU: which dtype `train.amp` gives, where autocast applies, fp16 loss scaling."""
 import pytest
 import torch
+from conftest import Crash, crash_after
 
 from aelab import amp
 from aelab.checkpoint import load_tensors
@@ -92,17 +93,10 @@ def test_fp16_scaler_state_is_checkpointed_and_resumed_exactly(blob_splits, tmp_
     (tmp_path / "full").mkdir()
     fit(full, blob_splits.train, cfg, run_dir=tmp_path / "full")
 
-    class Crash(Exception):
-        pass
-
-    def crash_after_2(row):
-        if row["epoch"] == 2:
-            raise Crash
-
     torch.manual_seed(0)
     model = build_model("conv", (1, 8, 8))
     with pytest.raises(Crash):
-        fit(model, blob_splits.train, cfg, run_dir=tmp_path, on_epoch=crash_after_2)
+        fit(model, blob_splits.train, cfg, run_dir=tmp_path, on_epoch=crash_after(2))
     _, doc = load_tensors(tmp_path / CHECKPOINT)
     assert doc["scalers"]["model"]["scale"] < 65536.0  # fp16 overflowed early and the scale came down
     torch.manual_seed(1)

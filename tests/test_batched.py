@@ -2,6 +2,7 @@
 train through the engine's one loop: validation, checkpoints and resume come with it."""
 import pytest
 import torch
+from conftest import Crash, crash_after
 
 from aelab import compile_cache
 from aelab.batched import SeedStack, fit_seeds
@@ -54,15 +55,6 @@ def test_unsupported_options_are_config_errors(blob_splits):
                   TrainConfig(epochs=1, grad_clip=1.0, progress="off"))
 
 
-class Crash(Exception):
-    pass
-
-
-def crash_after_1(row):
-    if row["epoch"] == 1:
-        raise Crash
-
-
 def test_a_stack_trains_in_fit_with_validation_checkpoints_and_resume(blob_splits, tmp_path):
     cfg = TrainConfig(epochs=2, batch_size=16, progress="off", corrupt="gaussian", corrupt_level=0.1)
     build = lambda: build_model("conv", (1, 8, 8))  # noqa: E731
@@ -74,7 +66,7 @@ def test_a_stack_trains_in_fit_with_validation_checkpoints_and_resume(blob_split
 
     stopped = SeedStack(build, SEEDS)
     with pytest.raises(Crash):
-        fit(stopped, blob_splits.train, cfg, val=blob_splits.val, run_dir=tmp_path, on_epoch=crash_after_1)
+        fit(stopped, blob_splits.train, cfg, val=blob_splits.val, run_dir=tmp_path, on_epoch=crash_after(1))
     torch.manual_seed(99)
     again = SeedStack(build, [5, 6, 7])  # other initial weights: the checkpoint must replace them
     again.seeds = list(SEEDS)

@@ -4,10 +4,11 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import Crash, crash_after
 from torch import nn
 
-from aelab.config import TrainConfig
 from aelab import compile_cache
+from aelab.config import TrainConfig
 from aelab.engine import TrainingDiverged, TrainingInterrupted, encode_all, evaluate, fit, lr_at
 from aelab.models import Autoencoder, Player, build_model
 
@@ -41,18 +42,11 @@ def test_training_lowers_loss_and_is_deterministic(blob_splits):
 def test_resume_after_crash_matches_uninterrupted_run(blob_splits, tmp_path):
     full = weights(trained(blob_splits, corrupt="dropout", corrupt_level=0.2))
 
-    class Crash(Exception):
-        pass
-
-    def crash_after_2(row):
-        if row["epoch"] == 2:
-            raise Crash
-
     torch.manual_seed(0)
     model = build_model("conv", (1, 8, 8))
     cfg = TrainConfig(**CFG, corrupt="dropout", corrupt_level=0.2)
     with pytest.raises(Crash):
-        fit(model, blob_splits.train, cfg, val=blob_splits.val, run_dir=tmp_path, on_epoch=crash_after_2)
+        fit(model, blob_splits.train, cfg, val=blob_splits.val, run_dir=tmp_path, on_epoch=crash_after(2))
     torch.manual_seed(123)  # the resumed process starts from a different state: the checkpoint must restore it
     again = build_model("conv", (1, 8, 8))
     history = fit(again, blob_splits.train, cfg, val=blob_splits.val, run_dir=tmp_path, resume=True)

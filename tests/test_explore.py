@@ -29,13 +29,10 @@ AELAB = [sys.executable, "-m", "aelab"]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two tiny finished runs on the blobs: a conv AE and a VAE (one epoch each, seconds)."""
-    from conftest import make_blobs
+    from conftest import write_blobs_npz
 
     root = tmp_path_factory.mktemp("explore")
-    ds = make_blobs()
-    npz = root / "blobs.npz"
-    np.savez(npz, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
-    fast = [f"data=npz:{npz}", f"out_dir={root}", "train.epochs=1", "eval.tsne=false", "train.progress=off"]
+    fast = [f"data={write_blobs_npz(root)}", f"out_dir={root}", "train.epochs=1", "eval.tsne=false", "train.progress=off"]
     return {m: train(overrides=[*fast, f"model={m}", f"name={m}", *(["model.arch=dense"] if m == "vae" else [])])
             for m in ("conv", "vae")}
 

@@ -30,13 +30,10 @@ from aelab.runs import train  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
-    from conftest import make_blobs
+    from conftest import write_blobs_npz
 
     root = tmp_path_factory.mktemp("browser")
-    ds = make_blobs()
-    npz = root / "blobs.npz"
-    np.savez(npz, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
-    fast = [f"data=npz:{npz}", f"out_dir={root}", "train.epochs=10", "train.batch_size=32", "eval.tsne=false",
+    fast = [f"data={write_blobs_npz(root)}", f"out_dir={root}", "train.epochs=10", "train.batch_size=32", "eval.tsne=false",
             "train.progress=off"]  # 60 steps: enough for the VAE to use its code (sliders then change pixels)
     return {m: train(overrides=[*fast, f"model={m}", f"name={m}"]) for m in ("conv", "vae")}
 

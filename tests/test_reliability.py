@@ -69,14 +69,10 @@ def aelab(*args, script=None, timeout=300):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted run and the data it used."""
-    root = tmp_path_factory.mktemp("ref")
-    from conftest import make_blobs
-    import numpy as np
+    from conftest import write_blobs_npz
 
-    ds = make_blobs()
-    data = root / "blobs.npz"
-    np.savez(data, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test)
-    args = [f"data=npz:{data}", f"out_dir={root}", "name=ref", *ARGS]
+    root = tmp_path_factory.mktemp("ref")
+    args = [f"data={write_blobs_npz(root)}", f"out_dir={root}", "name=ref", *ARGS]
     done = aelab("train", *args)
     assert done.returncode == 0, done.stderr
     return args, load_file(root / "ref" / "model.safetensors")

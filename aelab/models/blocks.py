@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "gelu": nn.GELU,
-               "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "none": nn.Identity}
+               "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "softplus": nn.Softplus, "none": nn.Identity}
 
 
 def activation(name: str) -> nn.Module:

@@ -19,12 +19,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .. import losses
 from ..errors import ConfigError
 from .base import Player, register
-from .blocks import numel
+from .blocks import mlp, numel
 from .semi_common import SemiConfig, SemiSupervised
 from .vae import VAE, VAEConfig
 
@@ -47,13 +46,6 @@ class M2Config(SemiConfig):
             raise ConfigError("model.alpha must be >= 0")
 
 
-def _mlp(sizes: list[int], act: str) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers += [nn.Linear(a, b)] + ([nn.Softplus() if act == "softplus" else nn.ReLU()] if i < len(sizes) - 2 else [])
-    return nn.Sequential(*layers)
-
-
 @register("m2")
 class M2(SemiSupervised):
     Config = M2Config
@@ -66,9 +58,9 @@ class M2(SemiSupervised):
                           input_shape, num_classes).requires_grad_(False)
         n = cfg.m1_latent if cfg.input == "codes" else numel(input_shape)
         out = 2 * n if cfg.input == "codes" else n  # Gaussian mean and log-variance of z1, or pixel logits
-        self.classifier = _mlp([n, *h, k], act)  # q(y|x)
-        self.encoder = _mlp([n + k, *h, 2 * d], act)  # q(z|x,y)
-        self.decoder = _mlp([d + k, *h, out], act)  # p(x|y,z)
+        self.classifier = mlp([n, *h, k], act)  # q(y|x)
+        self.encoder = mlp([n + k, *h, 2 * d], act)  # q(z|x,y)
+        self.decoder = mlp([d + k, *h, out], act)  # p(x|y,z)
         self.log_k = math.log(num_classes)
 
     def players(self) -> list[Player]:
