@@ -127,6 +127,7 @@ def _status_text(s: dict) -> str:
              f"{s['remaining']} remaining{' (finished)' if s['finished'] else ''}"]
     if s["done"]:
         lines.append(f"time per cell so far: {s['seconds_per_cell']:.1f} s ({s['cell_seconds'] / 60:.1f} min in all)")
+        lines.append("seconds per arm: " + ", ".join(f"{a} {t:.0f}" for a, t in s["seconds_by_arm"].items()))
     lines += [f"failed: {k}: {v}" for k, v in s["failed"].items()]
     return "\n".join(lines)
 

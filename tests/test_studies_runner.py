@@ -215,9 +215,12 @@ def test_a_failed_cell_is_named_the_rest_stored_and_resume_retries_it(tmp_path, 
     status = runner.study_status(path)
     assert status["done"] == 7 and status["failed"] == {key: "ValueError: planted failure"}
     assert status["remaining"] == 2
+    assert set(status["seconds_by_arm"]) == {"square", "total"}  # the failed cell's arm took no stored time
+    assert sum(status["seconds_by_arm"].values()) == pytest.approx(status["cell_seconds"])
     sys.argv = ["aelab", "study", "--status", str(path)]
     main()
-    assert "7 of 9 cells done, 1 failed, 2 remaining" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "7 of 9 cells done, 1 failed, 2 remaining" in out and "seconds per arm: square " in out
     FLAKY["on"] = False
     runner.resume_study(path)
     assert json.loads((path / "metrics.json").read_text())["totals"] == [1, 3, 9]

@@ -130,7 +130,7 @@ def read_study_config(path: Path) -> tuple[str, dict[str, Any]]:
 
 
 def study_status(path: str | Path) -> dict[str, Any]:
-    """Cells done, failed and remaining, and the seconds per stored cell so far."""
+    """Cells done, failed and remaining, and the seconds per stored cell (and per arm) so far."""
     path = Path(path)
     name, stored = read_study_config(path)
     cls = get_study(name)
@@ -139,11 +139,16 @@ def study_status(path: str | Path) -> dict[str, Any]:
     store = CellStore(path, _sha(config_doc(cfg)))
     loaded = {c.key: store.load(c.key) for c in grid}
     seconds = [rec[1]["seconds"] for rec in loaded.values() if rec]
+    by_arm: dict[str, float] = {}  # "tune:wd" and "tune:dropout" together: the arm's kind before any ":"
+    for c in grid:
+        if loaded[c.key]:
+            kind = c.arm.split(":")[0]
+            by_arm[kind] = by_arm.get(kind, 0.0) + loaded[c.key][1]["seconds"]
     failed = {k: v["error"] for k, v in store.failures().items() if not loaded.get(k)}
     return {"study": name, "cells": len(grid), "done": len(seconds), "failed": failed,
             "remaining": len(grid) - len(seconds), "finished": (path / "metrics.json").exists(),
             "seconds_per_cell": sum(seconds) / len(seconds) if seconds else math.nan,
-            "cell_seconds": sum(seconds)}
+            "cell_seconds": sum(seconds), "seconds_by_arm": by_arm}
 
 
 # --------------------------------------------------------------------------- the scheduler

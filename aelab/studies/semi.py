@@ -26,7 +26,6 @@ baseline come from 95% intervals of the per-seed differences (aelab.stats).
 from __future__ import annotations
 
 import dataclasses
-import time
 import typing
 from dataclasses import dataclass, field
 import numpy as np
@@ -157,15 +156,14 @@ class SemiStudy(Study):
         return [Cell(pre, cell.seed, 0)] if pre else []
 
     def run_cell(self, cfg: SemiStudyConfig, cell: Cell, ctx: CellContext) -> dict:
-        t0 = time.perf_counter()
         splits = ctx.data(cfg)
         data = with_labels(splits.train, cell.n, cell.seed)
         if cell.arm.startswith("pretrain:"):
             model = self._pretrain(cfg, cell, data)
-            return {"seconds": time.perf_counter() - t0, **state_arrays(model)}
+            return state_arrays(model)
         model, curve = self._train(cfg, cell, ctx, data, splits.val)
         out = {"val_acc": max(curve), "best_epoch": curve.index(max(curve)) + 1, "val_curve": curve,
-               "n_labels": int((data.y >= 0).sum()), "seconds": time.perf_counter() - t0}
+               "n_labels": int((data.y >= 0).sum())}
         if not cell.arm.startswith("tune:"):
             out["test_acc"] = arms.accuracy(model, splits.test)
             if cell.seed == cfg.seed and cell.n == cfg.labels[0]:

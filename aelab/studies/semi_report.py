@@ -18,6 +18,7 @@ from .. import stats
 from ..report import plots
 from .base import Results
 
+
 def quick_preset(cfg):
     """Seconds on 8x8 digits (the test suite runs it): two seeds, the first label count, a few epochs,
     narrow networks; every arm and every kind of cell still runs."""
@@ -63,19 +64,9 @@ def summarize(cfg, results: Results, out: Path) -> dict:
                for n in sizes if results.where(arm=a, n=n).rows} for a in arms}
     metrics = {"accuracy": acc, "val_accuracy": val, "tuning": _tuning(cfg, results, sizes),
                "comparisons": _comparisons(cfg, results, arms), "bar": _bar(cfg, results, arms),
-               "seconds": _seconds(results),
                "n_labels": {_size(n): results.where(arm="supervised", n=n).rows[0]["n_labels"] for n in sizes}}
     _figures(cfg, results, arms, metrics, out / "figures")
     return metrics
-
-
-def _seconds(results: Results) -> dict:
-    """Cell seconds summed per arm (the tuning cells together, the pretraining cells per model)."""
-    out: dict[str, float] = {}
-    for r in results:
-        arm = "tuning" if r["arm"].startswith("tune:") else r["arm"]
-        out[arm] = out.get(arm, 0.0) + float(r["seconds"])
-    return out
 
 
 def _size(n: int) -> str:
