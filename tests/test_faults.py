@@ -23,6 +23,7 @@ import torch
 
 from aelab import atomic
 from aelab.cli import main
+from aelab.errors import CheckpointError
 from aelab.runs import git_commit
 from aelab.studies import base, executors, runner
 from aelab.studies.base import Cell, CellContext, Results, Study, StudyConfig, seeds_of
@@ -112,6 +113,16 @@ def test_kill_9_of_the_driver_leaves_no_worker_alive(tmp_path):
         driver.wait()
 
 
+def test_a_worker_ends_when_its_parent_is_gone_without_prctl(monkeypatch):
+    """The portable watch (macOS has no PR_SET_PDEATHSIG): an adopted worker, whose parent pid is no longer
+    its driver's, exits."""
+    exits = []
+    monkeypatch.setattr(executors.os, "_exit", lambda code: exits.append(code) or sys.exit(code))
+    with pytest.raises(SystemExit):
+        executors._watch_parent(os.getppid() + 100000)  # not our parent: the driver is gone
+    assert exits == [1]
+
+
 def test_a_second_driver_exits_2_naming_the_first(tmp_path):
     path = tmp_path / "m"
     first = subprocess.Popen([sys.executable, "-m", "aelab", "study", *ENDLESS, "workers=1", f"out_dir={tmp_path}",
@@ -121,12 +132,13 @@ def test_a_second_driver_exits_2_naming_the_first(tmp_path):
         while not ((path / "study.json").exists() and (path / "study.lock").read_text().strip()):
             assert first.poll() is None and time.time() < deadline, _why(first)
             time.sleep(0.1)
-        for second in (["--resume", str(path)], [*ENDLESS, "workers=1", f"out_dir={tmp_path}", "name=m", "--force"]):
-            proc = subprocess.run([sys.executable, "-m", "aelab", "study", *second], capture_output=True, text=True,
-                                  env=ENV, timeout=60)
-            assert proc.returncode == 2, proc.stderr[-2000:]
-            assert proc.stderr.count("\n") == 1 and f"(pid {first.pid})" in proc.stderr, proc.stderr
-            assert (path / "config.json").exists()  # --force deleted nothing under the running driver
+        second = subprocess.run([sys.executable, "-m", "aelab", "study", "--resume", str(path)], capture_output=True,
+                                text=True, env=ENV, timeout=60)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert second.stderr.count("\n") == 1 and f"(pid {first.pid})" in second.stderr, second.stderr
+        with pytest.raises(CheckpointError, match=f"pid {first.pid}"):  # a new study over it with --force
+            runner.run_study(ENDLESS[0], overrides=[*ENDLESS[1:], f"out_dir={tmp_path}", "name=m"], force=True)
+        assert (path / "config.json").exists()  # --force deleted nothing under the running driver
         assert first.poll() is None  # the first driver goes on
     finally:
         first.kill()

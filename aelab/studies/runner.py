@@ -226,12 +226,12 @@ def study_status(path: str | Path) -> dict[str, Any]:
 
 
 def _execute(study: Study, cfg: StudyConfig, path: Path) -> Path:
+    clear_cache()  # no cached data or values from an earlier study in this process (the files may differ)
     grid = study.cells(cfg)
     keys = [c.key for c in grid]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{study.study_name}: two cells share a key")
     doc = config_doc(cfg)
-    clear_cache()  # no cached data or values from an earlier study in this process (the files may differ)
     store = CellStore(path, _sha(doc))
     store.sweep()
     rows = {c.key: rec[0] for c in grid if (rec := store.load(c.key))}
@@ -358,7 +358,7 @@ def _log_session(path: Path, started: str, t0: float, workers: int, executor: st
     except (OSError, ValueError):
         doc = {"git_commit": git_commit(), "sessions": []}
     doc["sessions"].append({"started": started, "wall_seconds": time.perf_counter() - t0,
-                            "workers": workers, "executor": executor})
+                            "workers": workers, "executor": executor, "git_commit": code_version()["git_commit"]})
     doc["train_seconds"] = sum(s["wall_seconds"] for s in doc["sessions"])
     _write_session(path, doc)
 
