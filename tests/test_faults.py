@@ -339,6 +339,9 @@ def test_ray_asks_for_a_gpu_only_where_train_device_allows_one():
     assert executors.ray_resources("auto", 2, 0.5, 8) == {"num_cpus": 2, "num_gpus": 0.5}
     assert executors.ray_resources("cuda:1", 1, 1.0, 8) == {"num_cpus": 1, "num_gpus": 1.0}
     assert executors.ray_resources("auto", 1, 1.0, 0) == {"num_cpus": 1, "num_gpus": 0}
+    assert executors.ray_device("cpu", []) == "cpu" and executors.ray_device("auto", []) == "cpu"
+    assert executors.ray_device("auto", [3]) == "cuda"  # the one Ray assigned (CUDA_VISIBLE_DEVICES)
+    assert executors.ray_device("cuda", []) is None  # asked for cuda, none assigned: pick_device says why
 
 
 def test_a_ray_task_returns_numpy_arrays_not_tensors(faulty):
@@ -402,3 +405,13 @@ def test_a_resume_with_the_same_code_says_nothing(tmp_path, faulty, capsys):
     assert "warning" not in capsys.readouterr().err
     meta = json.loads((tmp_path / "f" / "metrics.json").read_text())["meta"]
     assert meta["git_commits"] == [executors.code_version()["git_commit"]]
+
+
+def test_the_report_names_every_commit_and_keeps_dirty(tmp_path):
+    from aelab.report import write_report
+
+    (tmp_path / "config.json").write_text('{"model": {"name": "dense"}}')
+    meta = {"git_commit": "0123456789abcdef0123+dirty", "git_commits": ["aaaaaaa", "bbbbbbb+dirty"]}
+    (tmp_path / "metrics.json").write_text(json.dumps({"meta": meta}))
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "commit 0123456789ab+dirty" in page and "commits aaaaaaa, bbbbbbb+dirty" in page

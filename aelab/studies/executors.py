@@ -241,6 +241,15 @@ def ray_resources(device: str, threads: int, gpus_per_cell: float, cluster_gpus:
     return {"num_cpus": threads, "num_gpus": gpus_per_cell if wants_gpu and cluster_gpus > 0 else 0}
 
 
+def ray_device(train_device: str, assigned_gpus: list) -> str | None:
+    """A Ray task's device: the GPU Ray assigned it (Ray sets CUDA_VISIBLE_DEVICES, so "cuda"), else the
+    CPU, never a GPU Ray did not assign; None (train.device decides) where cuda was asked for explicitly
+    and none was assigned, so the cell fails with the usual one line instead of running elsewhere."""
+    if assigned_gpus:
+        return "cuda"
+    return "cpu" if train_device in ("auto", "cpu") else None
+
+
 class RayExecutor:
     """executor=ray: each cell a Ray task (`ray_resources`: num_cpus=threads, a GPU share where allowed)."""
 
@@ -288,6 +297,5 @@ def _ray_cell(study_name: str, cfg_doc: dict, key: str, deps: dict, config_sha: 
     import ray
 
     torch.set_num_threads(int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)) or 1)
-    # the GPU Ray assigned (it sets CUDA_VISIBLE_DEVICES), else the CPU: never a GPU it did not assign
-    _WORKER["device"] = "cuda" if ray.get_gpu_ids() else "cpu"
+    _WORKER["device"] = ray_device(cfg_doc.get("train.device", "auto"), ray.get_gpu_ids())
     return run_cell_task(study_name, cfg_doc, key, deps, None, config_sha)
