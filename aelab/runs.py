@@ -52,11 +52,18 @@ def claim_run_dir(path: Path, force: bool = False) -> Path:
     return path
 
 
-def git_commit() -> str:
+def git_commit(where: str | Path | None = None) -> str:
+    """The short commit of the checkout holding `where` (default: aelab's own code), with `+dirty` when
+    tracked files differ from it: a result from uncommitted code must not claim a commit."""
+    cwd = Path(where) if where is not None else Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             timeout=5)
+        commit = out.stdout.strip()
+        if out.returncode or not commit:
+            return "unknown"
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=cwd, capture_output=True, timeout=10)
+        return commit + ("+dirty" if dirty.returncode == 1 else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -22,7 +22,7 @@ import pytest
 
 from aelab.cli import main
 from aelab.errors import CheckpointError, ConfigError
-from aelab.studies import base, runner
+from aelab.studies import base, executors, runner
 from aelab.studies.base import Cell, Results, Study, StudyConfig
 
 TINY = ["data=digits", "seeds=2", "sizes=(100,300)", "lambdas=(-1.0,0.0,1.0)", "bounded=('hinge',)", "steps=12",
@@ -117,12 +117,13 @@ def test_a_corrupt_or_half_written_cell_is_run_again(tmp_path, reference, capsys
     path = _killed_run(tmp_path, "between", 23)  # 2 of the stored cells hold arrays (the figures' cells)
     cells = sorted((path / "cells").glob("*.json"))
     cells[0].write_text(cells[0].read_text()[:50])  # half written
-    arrays = next(a for a in sorted((path / "cells").glob("*.safetensors")) if a.name[:-12] != cells[0].name[:-5])
+    key_of = lambda a: a.name.rsplit(".", 2)[0]  # noqa: E731  <key>.<sha16>.safetensors
+    arrays = next(a for a in sorted((path / "cells").glob("*.safetensors")) if key_of(a) != cells[0].name[:-5])
     arrays.write_bytes(arrays.read_bytes()[:-8] + b"garbage!")  # its JSON names a checksum that no longer matches
     _resume(path)
     assert (path / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
     reran = [line.split()[1] for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
-    assert cells[0].name[:-5] in reran and arrays.name[:-12] in reran and len(reran) == 35 - 23 + 2
+    assert cells[0].name[:-5] in reran and key_of(arrays) in reran and len(reran) == 35 - 23 + 2
 
 
 def test_resume_refuses_a_changed_config_and_accepts_more_workers(tmp_path):
@@ -243,13 +244,14 @@ def test_quick_preset_is_applied_before_the_config_is_stored(tmp_path, toy):
     assert json.loads((path / "metrics.json").read_text())["totals"] == [1]
 
 
-def test_meta_records_the_commit_at_the_start(tmp_path, toy, monkeypatch):
+def test_meta_lists_the_commit_of_the_cells_not_of_the_summary(tmp_path, toy, monkeypatch):
     seen = []
-    monkeypatch.setattr(runner, "git_commit", lambda: "at-end" if seen else "at-start")
     orig = Toy.summarize
     monkeypatch.setattr(Toy, "summarize", lambda *a: seen.append(1) or orig(*a))
+    monkeypatch.setattr(runner, "git_commit", lambda: "at-end" if seen else "at-start")
+    monkeypatch.setitem(executors._WORKER, "code", {"git_commit": "cells", "aelab_version": "0.1.0"})
     path = runner.run_study("toy", overrides=[f"out_dir={tmp_path}", "workers=1"])
-    assert json.loads((path / "metrics.json").read_text())["meta"]["git_commit"] == "at-start"
+    assert json.loads((path / "metrics.json").read_text())["meta"]["git_commits"] == ["cells"]
 
 
 def test_sen_study_refuses_another_model(tmp_path):

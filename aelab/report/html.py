@@ -39,6 +39,7 @@ _META_FIELDS = (  # (key in metrics["meta"], how the page says it)
     ("seed", "seed {}"),
     ("aelab_version", "aelab {}"),
     ("git_commit", "commit {}"),
+    ("git_commits", "commits {}"),  # a study: the commits its cells came from
     ("device", "on {}"),
     ("train_seconds", "trained in {} s"),
     ("started", "started {}"),
@@ -236,9 +237,15 @@ def _meta_line(run: _Run) -> str:
         value = run.meta.get(key)
         if value is None or value == "":
             continue
-        text = format_value(value)
-        parts.append(template.format(text[:12] if key == "git_commit" else text))
+        text = ", ".join(map(str, value)) if isinstance(value, list) else format_value(value)
+        parts.append(template.format(_short_commit(text) if key == "git_commit" else text))
     return f'<p class="meta">{escape(" · ".join(parts))}</p>' if parts else ""
+
+
+def _short_commit(commit: str) -> str:
+    """A full hash cut to 12 characters; a `+dirty` mark kept."""
+    bare = commit.removesuffix("+dirty")
+    return bare[:12] + commit[len(bare):]
 
 
 def _metrics_section(run: _Run) -> str:

@@ -111,12 +111,17 @@ class Results:
 @dataclass
 class CellContext:
     """What a cell may use besides its record and the config: its device, the stored results of the
-    cells it needs, and a per-process cache (data sets are loaded once per worker, not once per cell)."""
+    cells it needs, and a per-process cache (data sets are loaded once per worker, not once per cell).
+    `scope` (the study config's hash) is part of every cache key: one process may run cells of several
+    studies (the Python API, workers=1, a reused Ray worker), and a value made for one config must
+    never answer for another."""
 
     device: Any
     deps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scope: str = ""
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        key = (self.scope, key)
         if key not in _CACHE:
             _CACHE[key] = make()
         return _CACHE[key]
@@ -132,10 +137,16 @@ class CellContext:
         vf = cfg.data.val_fraction if val_fraction is None else val_fraction
         s = cfg.seed if seed is None else seed
         ds = self.dataset(cfg)
-        return self.cached(("splits", cfg.data.name, vf, s, str(self.device)), lambda: to_device(ds, self.device, vf, s))
+        key = ("splits", cfg.data.name, cfg.data.data_dir, vf, s, str(self.device))
+        return self.cached(key, lambda: to_device(ds, self.device, vf, s))
 
 
 _CACHE: dict[Any, Any] = {}
+
+
+def clear_cache() -> None:
+    """Forget every cached data set and value (a study starts with none: files may have changed)."""
+    _CACHE.clear()
 
 
 def dataset_of(cfg: StudyConfig):

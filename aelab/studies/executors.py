@@ -2,14 +2,20 @@
 
 Every executor runs the same `run_cell_task` and hands back `Outcome`s; the runner decides what runs
 next. Local workers store their cell's files themselves before they take the next cell (a killed
-driver loses nothing a worker finished); Ray tasks return their result and the driver stores it.
+driver loses nothing a worker finished) and die with their driver (a `kill -9` leaves no orphans);
+Ray tasks return their result as CPU numpy arrays and the driver stores it. A cell that raises, or
+whose result cannot be stored (not serialisable, a full disk), comes back as a failed `Outcome`.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import multiprocessing as mp
 import os
+import signal
 import socket
+import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -55,16 +61,29 @@ def _materialise(study_name: str, cfg_doc: dict):
     return memo[token]
 
 
-def compute_cell(study_name: str, cfg_doc: dict, key: str, deps: dict, device: str | None) -> tuple[dict, float]:
-    """Run one cell here: (its result, seconds)."""
+def compute_cell(study_name: str, cfg_doc: dict, key: str, deps: dict, device: str | None,
+                 scope: str = "") -> tuple[dict, float, str]:
+    """Run one cell here: (its result, seconds, the device it ran on). `scope` keys the process-wide
+    cache (`CellContext.cached`), so two studies in one process never read each other's values."""
     from ..data.device import pick_device
     from .base import CellContext
 
     study, cfg, grid = _materialise(study_name, cfg_doc)
     dev = torch.device(device) if device else pick_device(cfg.train.device)
     t0 = time.perf_counter()
-    result = study.run_cell(cfg, grid[key], CellContext(dev, deps))
-    return result, time.perf_counter() - t0
+    result = study.run_cell(cfg, grid[key], CellContext(dev, deps, scope))
+    return result, time.perf_counter() - t0, str(dev)
+
+
+def code_version() -> dict[str, str]:
+    """The commit (`+dirty` with local changes) and aelab version of the code this process runs, read
+    once: a process runs the code it imported, whatever happens to the files afterwards."""
+    if "code" not in _WORKER:
+        from .. import __version__
+        from ..runs import git_commit
+
+        _WORKER["code"] = {"git_commit": git_commit(), "aelab_version": __version__}
+    return _WORKER["code"]
 
 
 def run_cell_task(study_name: str, cfg_doc: dict, key: str, deps: dict, folder: str | None,
@@ -73,30 +92,72 @@ def run_cell_task(study_name: str, cfg_doc: dict, key: str, deps: dict, folder: 
     from .store import CellStore
 
     t0 = time.perf_counter()
-    meta = {"host": socket.gethostname(), "pid": os.getpid(), "device": _WORKER.get("device") or "auto"}
+    meta: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), **code_version()}
     try:
-        result, seconds = compute_cell(study_name, cfg_doc, key, deps, _WORKER.get("device"))
+        result, meta["seconds"], meta["device"] = compute_cell(study_name, cfg_doc, key, deps,
+                                                               _WORKER.get("device"), config_sha)
     except TrainingInterrupted:  # Ctrl-C / SIGTERM: the study stops; this cell is simply not stored
         raise
     except Exception as e:  # noqa: BLE001  one cell's failure is recorded; the others go on
         if os.environ.get("AELAB_DEBUG"):
             traceback.print_exc()
         return Outcome(key, False, time.perf_counter() - t0, error=_one_line(e))
-    meta["seconds"] = seconds
-    if folder is None:  # Ray: the driver stores it
-        return Outcome(key, True, seconds, result=result, meta=meta)
+    if folder is None:  # Ray: the driver stores it, and a driver without CUDA must be able to read it
+        return Outcome(key, True, meta["seconds"], result=to_host(result), meta=meta)
     cell = _materialise(study_name, cfg_doc)[2][key].record()
-    row = CellStore(Path(folder), config_sha).write(key, cell, result, meta)
-    return Outcome(key, True, seconds, row=row, meta=meta)
+    return store_cell(CellStore(Path(folder), config_sha), key, cell, result, meta)
 
 
-def _init_worker(slots, devices: list[str], threads: int) -> None:
+def store_cell(store, key: str, cell: dict, result: dict, meta: dict) -> Outcome:
+    """Store a computed cell; a result that cannot be stored (not serialisable, a full disk) makes a
+    failed cell with its reason, like a cell that raised, instead of stopping the study."""
+    try:
+        row = store.write(key, cell, result, meta)
+    except Exception as e:  # noqa: BLE001
+        if os.environ.get("AELAB_DEBUG"):
+            traceback.print_exc()
+        return Outcome(key, False, meta["seconds"], error=f"its result could not be stored: {_one_line(e)}",
+                       meta=meta)
+    return Outcome(key, True, meta["seconds"], row=row, meta=meta)
+
+
+def to_host(value: Any) -> Any:
+    """`value` with every torch tensor (in nested dicts, lists and tuples too) as a CPU numpy array."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, dict):
+        return {k: to_host(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_host(v) for v in value)
+    return value
+
+
+def _init_worker(slots, devices: list[str], threads: int, parent: int) -> None:
+    _die_with(parent)
     torch.set_num_threads(threads)
     slot = slots.get()
     if devices:
         _WORKER["device"] = devices[slot % len(devices)]
         if devices[0].startswith("cuda"):
             torch.cuda.set_device(torch.device(_WORKER["device"]))
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when its driver dies, even by kill -9, which runs no cleanup: on Linux the kernel
+    sends it SIGKILL (PR_SET_PDEATHSIG); everywhere a thread also watches the parent's pid (the
+    portable way, and a cover for a parent that died before prctl ran)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="aelab-watch-driver").start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:  # an orphan is adopted by another process: its parent pid changes
+        time.sleep(1.0)
+    os._exit(1)
 
 
 class InlineExecutor:
@@ -139,7 +200,7 @@ class PoolExecutor:
         for i in range(workers):
             slots.put(i)
         self.pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                           initargs=(slots, devices, threads))
+                                           initargs=(slots, devices, threads, os.getpid()))
 
     @property
     def in_flight(self) -> int:
@@ -173,10 +234,26 @@ class PoolExecutor:
         self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
-class RayExecutor:
-    """executor=ray: each cell a Ray task (num_cpus=threads, num_gpus=gpus_per_cell on GPU clusters)."""
+def ray_resources(device: str, threads: int, gpus_per_cell: float, cluster_gpus: float) -> dict[str, float]:
+    """A cell task's Ray resources: a GPU share only where `train.device` lets cells use a GPU (auto,
+    cuda, cuda:N) and the cluster has GPUs; train.device=cpu runs on CPUs even on a GPU cluster."""
+    wants_gpu = device == "auto" or device.startswith("cuda")
+    return {"num_cpus": threads, "num_gpus": gpus_per_cell if wants_gpu and cluster_gpus > 0 else 0}
 
-    def __init__(self, address: str, threads: int, gpus: float, workers: int):
+
+def ray_device(train_device: str, assigned_gpus: list) -> str | None:
+    """A Ray task's device: the GPU Ray assigned it (Ray sets CUDA_VISIBLE_DEVICES, so "cuda"), else the
+    CPU, never a GPU Ray did not assign; None (train.device decides) where cuda was asked for explicitly
+    and none was assigned, so the cell fails with the usual one line instead of running elsewhere."""
+    if assigned_gpus:
+        return "cuda"
+    return "cpu" if train_device in ("auto", "cpu") else None
+
+
+class RayExecutor:
+    """executor=ray: each cell a Ray task (`ray_resources`: num_cpus=threads, a GPU share where allowed)."""
+
+    def __init__(self, address: str, threads: int, gpus: float, workers: int, device: str = "auto"):
         try:
             import ray
         except ImportError:
@@ -186,8 +263,8 @@ class RayExecutor:
             addr = address or os.environ.get("RAY_ADDRESS") or None
             ray.init(address=addr, include_dashboard=False, log_to_driver=False,
                      **({} if addr else {"num_cpus": max(workers, 1) * threads}))
-        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        self.task = ray.remote(_ray_cell).options(num_cpus=threads, num_gpus=gpus if has_gpu else 0)
+        self.task = ray.remote(_ray_cell).options(**ray_resources(device, threads, gpus,
+                                                                  ray.cluster_resources().get("GPU", 0)))
         self.capacity = max(workers, int(ray.cluster_resources().get("CPU", 1) // threads), 1)
         self.pending: dict[Any, str] = {}
 
@@ -220,5 +297,5 @@ def _ray_cell(study_name: str, cfg_doc: dict, key: str, deps: dict, config_sha: 
     import ray
 
     torch.set_num_threads(int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)) or 1)
-    _WORKER["device"] = "cuda" if ray.get_gpu_ids() else None
+    _WORKER["device"] = ray_device(cfg_doc.get("train.device", "auto"), ray.get_gpu_ids())
     return run_cell_task(study_name, cfg_doc, key, deps, None, config_sha)

@@ -6,8 +6,13 @@
 
 The folder holds `config.json` (what runs: presets are applied before it is written), `cells/` (one
 record per finished cell), `metrics.json` (computed from the stored cells alone, so a resumed study
-writes the same file bit for bit), `study.json` (commit, start, wall time per session: what differs
-between sessions stays out of metrics.json), `figures/` and `report.html`.
+writes the same file bit for bit; its meta lists the commits the cells came from), `study.json`
+(commit, start, wall time per session: what differs between sessions stays out of metrics.json),
+`study.lock`, `figures/` and `report.html`.
+
+One driver at a time: run and resume hold an exclusive lock on `study.lock` while they execute (the
+kernel drops it when the driver dies, even by kill -9), and a second driver stops with one line naming
+the holder's pid. A resume with other code than the stored cells came from warns and goes on.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import signal
 import threading
 import sys
@@ -32,8 +38,8 @@ from ..engine import TrainingInterrupted
 from ..errors import AelabError, CheckpointError, ConfigError
 from ..report import write_report
 from ..runs import claim_run_dir, git_commit
-from .base import Results, Study, StudyConfig, get_study, usable_cores
-from .executors import InlineExecutor, Outcome, PoolExecutor, RayExecutor
+from .base import Results, Study, StudyConfig, clear_cache, get_study, usable_cores
+from .executors import InlineExecutor, Outcome, PoolExecutor, RayExecutor, code_version, store_cell
 from .store import CellStore
 
 # Keys that say how cells run, not what they compute: a resume may change them.
@@ -89,11 +95,15 @@ def run_study(name: str, config_file: str | Path | None = None, overrides: list[
         cfg.check()
     study.cells(cfg)  # a grid that cannot be built (a bad label count, a missing data set) fails before any folder
     tracking.require(cfg.tracking)  # so does tracking=mlflow without MLflow
-    folder = cfg.name or f"{name}-{cfg.data.name.replace(':', '-').replace('/', '_')}"
-    path = claim_run_dir(Path(cfg.out_dir) / folder, force)
-    atomic_write_text(path / "config.json", json.dumps({"study": name, **to_dict(cfg)}, indent=2))
-    _write_session(path, {"git_commit": git_commit(), "sessions": []})
-    return _execute(study, cfg, path)
+    folder = Path(cfg.out_dir) / (cfg.name or f"{name}-{cfg.data.name.replace(':', '-').replace('/', '_')}")
+    if force and (folder / LOCK).exists():
+        with study_lock(folder):  # --force must not delete a folder that another driver is writing
+            pass
+    path = claim_run_dir(folder, force)
+    with study_lock(path):
+        atomic_write_text(path / "config.json", json.dumps({"study": name, **to_dict(cfg)}, indent=2))
+        _write_session(path, {"git_commit": git_commit(), "sessions": []})
+        return _execute(study, cfg, path)
 
 
 def resume_study(path: str | Path, overrides: list[str] = ()) -> Path:
@@ -112,7 +122,68 @@ def resume_study(path: str | Path, overrides: list[str] = ()) -> Path:
         raise ConfigError(f"resume refused: {', '.join(changed)} would change what the study computes "
                           f"(stored: {', '.join(f'{k}={before.get(k)!r}' for k in changed)}); start a new "
                           "study with name=... instead")
-    return _execute(cls(), cfg, path)
+    with study_lock(path):
+        _warn_if_code_changed(path, cfg)
+        return _execute(cls(), cfg, path)
+
+
+LOCK = "study.lock"
+
+
+@contextlib.contextmanager
+def study_lock(path: Path):
+    """Hold the study folder's exclusive lock (flock on `study.lock`, which holds the holder's pid) while
+    this driver writes the folder, so two drivers never compute the same cells. The kernel releases it
+    when the holder dies, even by kill -9: a stale lock file never blocks a resume."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (a second driver would compute cells twice, never mix them)
+        yield
+        return
+    f = open(Path(path) / LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(f)
+        f.close()
+        raise CheckpointError(f"study {path} is being run by another aelab process (pid {holder}); wait for it "
+                              f"to finish, or stop it (kill {holder}) and run `aelab study --resume {path}`") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
+
+
+def _lock_holder(f) -> str:
+    for _ in range(20):  # the holder writes its pid just after it takes the lock
+        f.seek(0)
+        if pid := f.read().strip():
+            return pid
+        time.sleep(0.05)
+    return "unknown"
+
+
+def _warn_if_code_changed(path: Path, cfg: StudyConfig) -> None:
+    """A resume keeps the cells that other code (another commit, aelab version or device type) stored:
+    they are not recomputed, so say which differ; metrics.json will list every commit (issue 22: warn,
+    not refuse, since a fix of a typo should not throw away hours of cells)."""
+    from ..data.device import pick_device
+
+    now = {**code_version(), "device": pick_device(cfg.train.device).type}
+    stored = CellStore(path, _sha(config_doc(cfg))).provenance().values()
+    diffs = []
+    for field, label in (("git_commit", "commit"), ("aelab_version", "aelab"), ("device", "device")):
+        old = sorted({p[field].split(":")[0] if field == "device" else p[field] for p in stored} - {now[field]})
+        if old:
+            diffs.append(f"{label} {', '.join(old)} (now {now[field]})")
+    if diffs:
+        print(f"aelab: warning: {path}: stored cells came from {'; '.join(diffs)}; they are kept, not recomputed, "
+              "and metrics.json lists every commit; for results of one commit start a new study with name=...",
+              file=sys.stderr, flush=True)
 
 
 def read_study_config(path: Path) -> tuple[str, dict[str, Any]]:
@@ -155,12 +226,14 @@ def study_status(path: str | Path) -> dict[str, Any]:
 
 
 def _execute(study: Study, cfg: StudyConfig, path: Path) -> Path:
+    clear_cache()  # no cached data or values from an earlier study in this process (the files may differ)
     grid = study.cells(cfg)
     keys = [c.key for c in grid]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{study.study_name}: two cells share a key")
     doc = config_doc(cfg)
     store = CellStore(path, _sha(doc))
+    store.sweep()
     rows = {c.key: rec[0] for c in grid if (rec := store.load(c.key))}
     needs = {c.key: [d.key for d in study.needs(cfg, c)] for c in grid}
     t0, started = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S")
@@ -170,16 +243,20 @@ def _execute(study: Study, cfg: StudyConfig, path: Path) -> Path:
     todo = [c for c in grid if c.key not in rows]
     tracker = tracking.start(cfg.tracking, cfg.tracking_uri, path.name, {"study": study.study_name, **doc},
                              tags={"aelab.kind": "study", "aelab.run_dir": str(path.resolve())}, folder=path)
+    ended = "FAILED"  # how the tracker's run ends unless every cell was tried
     try:
         with _interruptible():
             _run_cells(study, grid, todo, needs, rows, failed, ex, store, doc, path, progress, tracker)
+        ended = ""
     except (KeyboardInterrupt, TrainingInterrupted):
-        tracker.finish("KILLED")
-        ex.close(cancel=True)
+        ended = "KILLED"
         raise StudyInterrupted(f"interrupted: {len(rows)} of {len(grid)} cells are stored; "
                                f"continue with `aelab study --resume {path}`") from None
-    ex.close()
-    progress.close()
+    finally:  # whatever stopped the loop, the workers stop and the tracker says how the study ended
+        ex.close(cancel=bool(ended))
+        progress.close()
+        if ended:
+            tracker.finish(ended)
     _log_session(path, started, t0, workers, cfg.executor)
     blocked = [c.key for c in todo]
     if failed or blocked:
@@ -224,13 +301,17 @@ def _interruptible():
 def _finish(o: Outcome, grid, store: CellStore, rows, failed, progress, headline: str) -> None:
     if o.ok and o.row is None:  # Ray: the driver stores what the task returned
         cell = next(c for c in grid if c.key == o.key)
-        o.row = store.write(o.key, cell.record(), o.result, o.meta)
+        stored = store_cell(store, o.key, cell.record(), o.result, o.meta)
+        o.ok, o.row, o.error = stored.ok, stored.row, stored.error
     if o.ok:
         rows[o.key] = o.row
         failed.pop(o.key, None)
     else:
         failed[o.key] = o.error
-        store.fail(o.key, o.error, o.seconds)
+        try:
+            store.fail(o.key, o.error, o.seconds)
+        except AelabError:  # the disk is full: the study's last line still names the cell and why
+            pass
     progress.cell(o, headline)
 
 
@@ -245,7 +326,7 @@ def _executor(cfg: StudyConfig, todo: int):
     workers = cfg.workers or (4 * len(devices) if devices else max(1, usable_cores() // cfg.threads))
     workers = max(1, min(workers, todo or 1))
     if cfg.executor == "ray":
-        return RayExecutor(cfg.ray_address, cfg.threads, cfg.gpus_per_cell, cfg.workers), workers
+        return RayExecutor(cfg.ray_address, cfg.threads, cfg.gpus_per_cell, cfg.workers, cfg.train.device), workers
     if workers == 1:
         return InlineExecutor(cfg.threads, devices), 1
     return PoolExecutor(workers, cfg.threads, devices), workers
@@ -254,9 +335,9 @@ def _executor(cfg: StudyConfig, todo: int):
 def _summarize(study: Study, cfg: StudyConfig, path: Path, results: Results, cells: int,
                tracker: tracking.Tracker) -> Path:
     metrics = study.summarize(cfg, results, path)
-    session = json.loads((path / "study.json").read_text())
+    commits = sorted({p["git_commit"] for p in CellStore(path, _sha(config_doc(cfg))).provenance().values()})
     metrics["meta"] = {"study": study.study_name, "seed": cfg.seed, "seeds": cfg.seeds, "cells": cells,
-                       "aelab_version": __version__, "git_commit": session.get("git_commit", "unknown"),
+                       "aelab_version": __version__, "git_commits": commits,  # those the cells came from
                        "torch": torch.__version__, "finished": True}
     atomic_write_text(path / "metrics.json", json.dumps(metrics, indent=2, default=float))
     write_report(path)
@@ -277,7 +358,7 @@ def _log_session(path: Path, started: str, t0: float, workers: int, executor: st
     except (OSError, ValueError):
         doc = {"git_commit": git_commit(), "sessions": []}
     doc["sessions"].append({"started": started, "wall_seconds": time.perf_counter() - t0,
-                            "workers": workers, "executor": executor})
+                            "workers": workers, "executor": executor, "git_commit": code_version()["git_commit"]})
     doc["train_seconds"] = sum(s["wall_seconds"] for s in doc["sessions"])
     _write_session(path, doc)
 

@@ -1,8 +1,11 @@
 """The study folder's `cells/`: one JSON file per finished cell (+ its arrays as safetensors), atomic.
 
-A cell's JSON is written last and names the SHA-256 of its arrays file, so a kill at any moment leaves
-either no record or a whole one; a record that does not parse, names another key or config, or whose
-arrays do not match their checksum is not trusted: the cell runs again. No pickle anywhere.
+A cell's JSON is written last and names its arrays file and that file's SHA-256, so a kill at any
+moment leaves either no record or a whole one; a record that does not parse, names another key or
+config, or whose arrays do not match their checksum is not trusted: the cell runs again. The arrays
+file is named by its content's hash (`<key>.<sha16>.safetensors`), so two processes writing one cell
+(which the study lock prevents, see runner.py) can never pair one's JSON with the other's arrays.
+Each record also says which code computed it (commit, aelab version) and on which device. No pickle.
 """
 from __future__ import annotations
 
@@ -43,6 +46,9 @@ def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=1, default=_plain, allow_nan=True)
 
 
+PROVENANCE = ("git_commit", "aelab_version", "device")  # what computed a cell (`provenance`)
+
+
 class CellStore:
     def __init__(self, folder: Path, config_sha: str):
         self.dir = Path(folder) / "cells"
@@ -60,8 +66,9 @@ class CellStore:
             from safetensors.numpy import save
 
             blob = save(arrays)
-            atomic_write(self.dir / f"{key}.safetensors", blob)
-            doc["arrays"] = {"file": f"{key}.safetensors", "sha256": hashlib.sha256(blob).hexdigest()}
+            sha = hashlib.sha256(blob).hexdigest()
+            atomic_write(self.dir / f"{key}.{sha[:16]}.safetensors", blob)
+            doc["arrays"] = {"file": f"{key}.{sha[:16]}.safetensors", "sha256": sha}
         atomic_write_text(self.dir / f"{key}.json", dumps(doc))
         (self.dir / f"{key}.failed.json").unlink(missing_ok=True)
         return json.loads(dumps({**cell, **values})) | arrays
@@ -99,3 +106,29 @@ class CellStore:
             except (OSError, ValueError, KeyError):
                 continue
         return out
+
+    def provenance(self) -> dict[str, dict[str, str]]:
+        """{key: its commit, aelab version and device} of every record of this config ("unknown" where a
+        record predates them); read from the JSON alone (the arrays are not checked)."""
+        out = {}
+        for f in sorted(self.dir.glob("*.json")):
+            try:
+                doc = json.loads(f.read_text())
+                if doc["config_sha"] == self.config_sha:
+                    out[doc["key"]] = {k: str(doc.get(k, "unknown")) for k in PROVENANCE}
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return out
+
+    def sweep(self) -> None:
+        """Delete arrays files that no record names (left by a cell whose JSON was never written, or by
+        an older result of a cell that ran again). Only while no cell is being written: under the lock."""
+        named = set()
+        for f in self.dir.glob("*.json"):
+            try:
+                named.add(json.loads(f.read_text())["arrays"]["file"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        for f in self.dir.glob("*.safetensors"):
+            if f.name not in named:
+                f.unlink(missing_ok=True)
