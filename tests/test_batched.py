@@ -32,8 +32,9 @@ def test_batched_equals_separate_runs(blob_splits, name, extra):
     batched, histories = fit_seeds(lambda: build_model(name, (1, 8, 8)), SEEDS, blob_splits.train, cfg)
     for a, b, h in zip(separate, batched, histories):
         sa, sb = a.state_dict(), b.state_dict()
-        for k in sa:
-            torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
+        for k in sa:  # float rounding only: a grouped conv sums in another order than S convs (up to
+            # 1.5e-5 after 2 epochs on an AVX2-only AMD EPYC); a mix-up of seeds is off by orders more
+            torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-4, msg=k)
         assert h[-1]["train.loss"] == pytest.approx(a.history[-1]["train.loss"], rel=1e-4)
     assert not torch.equal(batched[0].state_dict()[k], batched[1].state_dict()[k])  # seeds differ
 
