@@ -36,9 +36,9 @@ if [ -n "$FASHION" ]; then
 fi
 
 if [ $SMOKE = 1 ]; then
-  DEV=(--device cpu --smoke); WRITE=(); TESTS=(-m gpu tests/test_gpu.py)
+  DEV=(--device cpu --smoke); WRITE=(); TESTS=(-n0 -m gpu tests/test_gpu.py)
 else
-  DEV=(--device cuda); WRITE=(--write-results); TESTS=(-m gpu tests/test_gpu.py -rA)
+  DEV=(--device cuda); WRITE=(--write-results); TESTS=(-n0 -m gpu tests/test_gpu.py -rA)
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
   $PY -c "import torch, aelab.amp as a; print('torch', torch.__version__, '| CPU bf16 units:', a.cpu_bf16_units() or 'none')" || true
 fi
