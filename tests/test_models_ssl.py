@@ -81,7 +81,7 @@ def test_combinator_is_the_papers_vanilla_g():
 def test_ladder_normalises_labelled_and_unlabelled_rows_apart():
     m = ladder()
     z = torch.cat([torch.randn(4, 5) * 10 + 3, torch.randn(6, 5)])
-    out, (mean, std) = m._bn(1, torch.cat([z, torch.zeros(10, 995)], 1), n_l=4, track=False)
+    out, (mean, std) = m._bn(1, torch.cat([z, torch.zeros(10, 995)], 1), [4, 6], track=False)
     lab, unl = out[:4, :5], out[4:, :5]
     torch.testing.assert_close(lab.mean(0), torch.zeros(5), atol=1e-5, rtol=0)
     torch.testing.assert_close(unl.mean(0), torch.zeros(5), atol=1e-5, rtol=0)
@@ -254,3 +254,17 @@ def test_supervised_ladder_keeps_clean_statistics_for_the_test():
         h1 = torch.relu((z1 - z1.mean(0)) / z1.std(0, correction=0) + m.beta[0])
         z2 = m.ops[1](h1)
     torch.testing.assert_close(m.run_std2, torch.ones_like(m.run_std2).lerp(stats(z2)[1], 0.05), rtol=1e-4, atol=1e-5)
+
+
+def test_labelled_draw_is_without_replacement():
+    """As the papers' labelled stream: with as many labels as the labelled batch, every step sees each
+    labelled image once (a draw with replacement sees ~63% of them, some twice)."""
+    m = ladder(clf_batch=10)
+    m.set_pool(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, *SHAPE).contiguous(), torch.arange(10))
+    for _ in range(5):
+        x, y = m.labelled(batch(4, labelled=False))
+        assert sorted(y.tolist()) == list(range(10)) and torch.equal(x[:, 0, 0, 0] * 255, y.float())
+    m = ladder(clf_batch=25)  # a pool smaller than the batch: the whole pool, repeated
+    m.set_pool(torch.zeros(10, *SHAPE, dtype=torch.uint8), torch.arange(10))
+    counts = torch.bincount(m.labelled(batch(4, labelled=False))[1], minlength=10)
+    assert counts.min() >= 2 and counts.max() <= 3

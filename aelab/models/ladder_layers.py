@@ -66,21 +66,59 @@ def unit_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch mean and std (B, ...) -> unit shape, over the batch (and the map of a conv layer)."""
+    """Batch mean and std (B, ...) -> unit shape, over the batch (and the map of a conv layer): the
+    plain formula (tests and the reference); the training step uses `normalise`, the same math."""
     dims = (0, 2, 3) if z.dim() == 4 else (0,)
-    mean = z.mean(dims, keepdim=True)  # two plain means: ~3x faster than var_mean on the CPU, backward included
+    mean = z.mean(dims, keepdim=True)
     var = (z - mean).square().mean(dims, keepdim=True)
-    return mean[0], (var[0] + 1e-10).sqrt()
+    return mean[0], (var[0] + EPS).sqrt()
+
+
+EPS = 1e-10  # on the variance, as in the authors' code
+
+
+class _NormStats(torch.autograd.Function):
+    """z (B, C) or (B, C, H, W) -> (zn, mean, std): batch norm without parameters and its statistics,
+    in one native batch-norm pass forward and one backward (the plain formula costs ~10 elementwise
+    ops and their backward). The statistics stay differentiable: the denoising cost divides by them."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor):
+        zn, mean, invstd = torch.native_batch_norm(z, None, None, None, None, True, 0.0, EPS)
+        ctx.save_for_backward(z, zn, mean, invstd)
+        return zn, mean, invstd.reciprocal()
+
+    @staticmethod
+    def backward(ctx, g, g_mean, g_std):
+        z, zn, mean, invstd = ctx.saved_tensors
+        dz = torch.ops.aten.native_batch_norm_backward(g if g is not None else torch.zeros_like(z), z, None,
+                                                       None, None, mean, invstd, True, EPS, [True, False, False])[0]
+        if g_mean is not None or g_std is not None:  # d mean / dz = 1/N, d std / dz = zn/N, per channel
+            shape = (1, -1) + (1,) * (z.dim() - 2)
+            n = z.numel() // z.shape[1]
+            dm = (g_mean if g_mean is not None else torch.zeros_like(mean)).view(shape) / n
+            ds = (g_std if g_std is not None else torch.zeros_like(mean)).view(shape) / n
+            dz = dz + torch.addcmul(dm, zn, ds)
+        return dz
+
+
+def normalise(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch-normalised z and its batch mean and std in unit shape (differentiable, as `stats`)."""
+    zn, mean, std = _NormStats.apply(z)
+    unit = unit_shape(tuple(z.shape[1:]))
+    return zn, mean.view(unit), std.view(unit)
 
 
 def norm(z: torch.Tensor) -> torch.Tensor:
     """Batch-normalised z, no parameters."""
-    m, s = stats(z)
-    return (z - m) / s
+    return normalise(z)[0]
 
 
 def combinator(a: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The vanilla g: `a` (10, *unit) per-unit parameters, z~ and u (B, *shape) -> zhat."""
-    mu = a[0] * torch.sigmoid(a[1] * u + a[2]) + a[3] * u + a[4]
-    v = a[5] * torch.sigmoid(a[6] * u + a[7]) + a[8] * u + a[9]
-    return (z - mu) * v + mu
+    """The vanilla g: `a` (10, *unit) per-unit parameters, z~ and u (B, *shape) -> zhat:
+    mu = a1 sigmoid(a2 u + a3) + a4 u + a5, v = a6 sigmoid(a7 u + a8) + a9 u + a10, (z~ - mu) v + mu;
+    as fused multiply-adds on one unbind of `a` (ten indexings cost ten backward scatters)."""
+    a1, a2, a3, a4, a5, a6, a7, a8, a9, a10 = a.unbind(0)
+    mu = torch.addcmul(torch.addcmul(a5, a4, u), a1, torch.sigmoid(torch.addcmul(a3, a2, u)))
+    v = torch.addcmul(torch.addcmul(a10, a9, u), a6, torch.sigmoid(torch.addcmul(a8, a7, u)))
+    return torch.addcmul(mu, z - mu, v)
