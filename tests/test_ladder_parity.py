@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from aelab.models import build_model
 from aelab.models.ladder import LadderConfig
-from aelab.models.ladder_layers import normalise, stats
+from aelab.models.ladder_layers import combinator, normalise, stats
 
 SHAPE = (1, 8, 8)
 
@@ -107,3 +107,13 @@ def test_normalise_is_batch_norm_with_differentiable_statistics(shape):
     torch.testing.assert_close((m, s), stats(z))
     # the gradient through all three outputs, the statistics' included (the denoising cost divides by them)
     assert torch.autograd.gradcheck(lambda t: normalise(t), (z.clone().requires_grad_(),))
+
+
+@pytest.mark.parametrize("shape, unit", [((7, 5), (5,)), ((4, 3, 2, 2), (3, 1, 1))], ids=["fc", "conv"])
+def test_combinator_backward_is_the_formulas(shape, unit):
+    """The combinator's hand-written backward against autograd's gradient of the plain formula
+    (per unit on fc layers, per channel on conv maps)."""
+    a, z, u = torch.randn(10, *unit, dtype=torch.double), torch.randn(*shape, dtype=torch.double), \
+        torch.randn(*shape, dtype=torch.double)
+    assert torch.autograd.gradcheck(combinator, (a.requires_grad_(), z.requires_grad_(), u.requires_grad_()))
+    torch.testing.assert_close(combinator(a, z, u), plain_g(a, z, u))
