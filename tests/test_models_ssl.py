@@ -61,6 +61,16 @@ def test_ladder_variants_build_the_decoder_they_name(arch):
     assert full_terms == {f"cost{l}" for l in range(top + 1)}
 
 
+def test_ladder_weights_start_as_the_authors():
+    """std 1/sqrt(fan_in), encoder and decoder (PyTorch's default: 1/sqrt(3 fan_in), ~1.7x smaller)."""
+    m = ladder()
+    for w, fan_in in ((m.ops[0][1].weight, 64), (m.ops[1][1].weight, 1000), (m.V["2"][0].weight, 500)):
+        assert abs(float(w.detach().std()) * fan_in ** 0.5 - 1) < 0.05, w.shape
+    conv = ladder(arch="conv-strided")
+    w = conv.ops[1].weight  # (64, 32, 3, 3)
+    assert abs(float(w.detach().std()) * (32 * 9) ** 0.5 - 1) < 0.05
+
+
 def test_ladder_denoise_weights_are_checked():
     with pytest.raises(ConfigError, match="needs 7 weights"):
         ladder(denoise=(1.0, 2.0))

@@ -2,7 +2,9 @@
 
 The encoder runs twice per step: a corrupted pass (gaussian noise `noise` on the input and on every
 batch-normalised pre-activation z) on the labelled and unlabelled images, and a clean pass on the
-unlabelled ones. The decoder runs top-down on the unlabelled rows: u_L = BN(corrupted softmax
+unlabelled ones; both go through one matrix product per layer as three groups of rows, each with its
+own batch statistics (the same math as two passes: tests/test_ladder_parity.py). Weights start as
+in the authors' code (std 1/sqrt(fan_in)). The decoder runs top-down on the unlabelled rows: u_L = BN(corrupted softmax
 output), u_l = BN(V_{l+1} zhat_{l+1}), and the vanilla combinator g, ten per-unit parameters a1..a10
 (per channel on conv layers, as in the authors' code), denoises the lateral z~_l:
     mu = a1 sigmoid(a2 u + a3) + a4 u + a5,  v = a6 sigmoid(a7 u + a8) + a9 u + a10,
@@ -35,7 +37,8 @@ from ..data.augment import augment
 from ..errors import ConfigError
 from .base import Player, register
 from .blocks import numel
-from .ladder_layers import combinator, layer_specs, norm, normalise, transpose_op, unit_shape, up_op
+from .ladder_layers import (combinator, layer_specs, norm, normalise, paper_init, transpose_op, unit_shape,
+                            up_op)
 from .semi_common import SemiConfig, SemiSupervised
 
 # lambda per layer from the input up, the authors' MNIST 100-label settings (their code's README):
@@ -106,6 +109,7 @@ class Ladder(SemiSupervised):
         self.V = nn.ModuleDict({str(l): transpose_op(specs[l - 1], self.shapes[l - 1], self.shapes[l])
                                 for l in range(low + 1, self.L + 1)})
         self.decoder = self.readout(self.shapes[-2][0], input_shape)
+        paper_init(self.ops), paper_init(self.V)
 
     def _lambdas(self, cfg: LadderConfig) -> list[float]:
         if not cfg.denoise or cfg.variant == "supervised":
