@@ -51,7 +51,8 @@ def arms(smoke: bool) -> dict[str, tuple]:
         "ladder-full": (LadderConfig(name="ladder", variant="full", **small), 100),
         "ladder-gamma": (LadderConfig(name="ladder", variant="gamma", **small), 100),
         "supervised MLP": (LadderConfig(name="ladder", variant="supervised", noise=0.3, **small), 100),
-        "m2 (M1+M2)": (M2Config(name="m2", input="codes", **({"hidden": (32,), "m1_hidden": (32,)} if smoke else {})), 100),
+        "m2 (M1+M2)": (M2Config(name="m2", input="codes", **({"hidden": (32,), "m1_hidden": (32,)} if smoke else {})),
+                       100),
         "vat": (VATConfig(name="vat", **({"hidden": (64, 32)} if smoke else {})), 100),
         "conv AE (default)": (ConvConfig(name="conv", **({"channels": (8, 16)} if smoke else {})), 128),
     }
@@ -147,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     note = (f"fp32 GEMM peak ({args.gemm}^2 sgemm, {args.threads} threads): {peak:.1f} GFLOP/s before the arms, "
             f"{peak_after:.1f} after (the fractions use the first). Load average (1 min) {load0[0]:.2f} before, "
             f"{load1[0]:.2f} after.")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if max(load0[0], load1[0]) > cores:
+        note += f" **Taken under load** (load average above the {cores} usable cores): re-run on a quiet machine."
     if "ladder-full" in chosen:
         note += " " + verdict(rows, args.threads)
     print(text + "\n\n" + note)
