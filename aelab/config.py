@@ -59,7 +59,8 @@ class TrainConfig:
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = 3e-3  # peak learning rate (one-cycle warms up to it)
     weight_decay: float = 0.0
-    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    # hold-linear: lr for the first 2/3 of the steps, then linearly to 0 (the ladder paper's schedule)
+    schedule: Literal["onecycle", "cosine", "constant", "hold-linear"] = "onecycle"
     corrupt: Literal["none", "gaussian", "dropout", "saltpepper"] = "none"  # denoising input
     corrupt_level: float = 0.0  # sigma for gaussian, drop probability for dropout / saltpepper
     patience: int = 0  # early stopping: epochs without validation gain (0 = off)

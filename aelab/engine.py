@@ -42,6 +42,8 @@ def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     t = min(step / max(total, 1), 1.0)
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "hold-linear":  # Rasmus et al. 2015: 100 epochs at lr, linear to 0 over the last 50
+        return cfg.lr * min(1.0, 3 * (1 - t))
     if cfg.schedule == "onecycle":  # 30% linear warm-up from lr/25, then cosine down to lr/1e4
         if t < 0.3:
             return cfg.lr * (0.04 + 0.96 * t / 0.3)

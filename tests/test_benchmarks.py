@@ -6,6 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import bench_memory  # noqa: E402
+import bench_roofline  # noqa: E402
 import bench_seeds  # noqa: E402
 import bench_train  # noqa: E402
 import bench_workers  # noqa: E402
@@ -94,3 +95,23 @@ def test_pythae_cap_grows_to_show_the_target_ratio_within_a_bound():
     assert bench_train.pythae_cap(aelab, 0.025, 100.0, 200.0, 30.0) == 200.0  # bounded
     assert bench_train.pythae_cap({"a": (2.0, 0.02)}, 0.025, 100.0, 260.0, 30.0) == 100.0  # never below --cap
     assert bench_train.pythae_cap({"a": (8.0, 0.03)}, 0.025, 100.0, 260.0, 30.0) == 100.0  # aelab missed: no ratio
+
+
+def test_roofline_smoke_measures_every_arm_and_writes_nothing(capsys):
+    results = Path(bench_roofline.__file__).with_name("RESULTS.md")
+    before = results.read_text()
+    bench_roofline.main(["--smoke", "--threads", "1", "--write-results"])
+    out = capsys.readouterr().out
+    for arm in bench_roofline.arms(smoke=True):
+        row = next(line for line in out.splitlines() if line.startswith(f"| {arm} |"))
+        gflop, ms = (float(v) for v in row.split("|")[2:4])
+        assert gflop > 0 and ms > 0, row
+    assert "fp32 GEMM peak" in out and results.read_text() == before  # smoke figures are never written
+
+
+def test_roofline_verdict_judges_ladder_full_at_two_threads():
+    rows = [["supervised MLP", 1.0, 10.0, 100.0, 0.9], ["ladder-full", 3.2, 30.0, 106.7, 0.63]]
+    assert bench_roofline.verdict(rows, 2) == "ladder-full at 63% of the GEMM peak; target >= 60% on 2 threads: met."
+    rows[1][4] = 0.41
+    assert bench_roofline.verdict(rows, 2).endswith("missed.")
+    assert "not judged here" in bench_roofline.verdict(rows, 1)

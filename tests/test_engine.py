@@ -60,6 +60,8 @@ def test_schedules():
     assert lr_at(cfg, 100, 100) == pytest.approx(1e-4)
     assert lr_at(TrainConfig(lr=1.0, schedule="cosine"), 50, 100) == pytest.approx(0.5)
     assert lr_at(TrainConfig(lr=0.5, schedule="constant"), 77, 100) == 0.5
+    hold = TrainConfig(lr=1.0, schedule="hold-linear")  # the ladder paper's: 100 epochs flat, 50 down to 0
+    assert [lr_at(hold, s, 150) for s in (0, 100, 125, 150)] == pytest.approx([1.0, 1.0, 0.5, 0.0])
 
 
 def test_early_stopping_restores_best(blob_splits):

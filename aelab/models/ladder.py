@@ -2,7 +2,9 @@
 
 The encoder runs twice per step: a corrupted pass (gaussian noise `noise` on the input and on every
 batch-normalised pre-activation z) on the labelled and unlabelled images, and a clean pass on the
-unlabelled ones. The decoder runs top-down on the unlabelled rows: u_L = BN(corrupted softmax
+unlabelled ones; both go through one matrix product per layer as three groups of rows, each with its
+own batch statistics (the same math as two passes: tests/test_ladder_parity.py). Weights start as
+in the authors' code (std 1/sqrt(fan_in)). The decoder runs top-down on the unlabelled rows: u_L = BN(corrupted softmax
 output), u_l = BN(V_{l+1} zhat_{l+1}), and the vanilla combinator g, ten per-unit parameters a1..a10
 (per channel on conv layers, as in the authors' code), denoises the lateral z~_l:
     mu = a1 sigmoid(a2 u + a3) + a4 u + a5,  v = a6 sigmoid(a7 u + a8) + a9 u + a10,
@@ -34,8 +36,9 @@ from torch import nn
 from ..data.augment import augment
 from ..errors import ConfigError
 from .base import Player, register
-from .blocks import Unflatten, numel
-from .ladder_layers import combinator, layer_specs, norm, stats, transpose_op, unit_shape, up_op
+from .blocks import numel
+from .ladder_layers import (combinator, layer_specs, norm, normalise, paper_init, transpose_op, unit_shape,
+                            up_op)
 from .semi_common import SemiConfig, SemiSupervised
 
 # lambda per layer from the input up, the authors' MNIST 100-label settings (their code's README):
@@ -105,7 +108,8 @@ class Ladder(SemiSupervised):
                                    for l in range(low, self.L + 1)})
         self.V = nn.ModuleDict({str(l): transpose_op(specs[l - 1], self.shapes[l - 1], self.shapes[l])
                                 for l in range(low + 1, self.L + 1)})
-        self.decoder = nn.Sequential(nn.Linear(self.shapes[-2][0], numel(input_shape)), Unflatten(input_shape))
+        self.decoder = self.readout(self.shapes[-2][0], input_shape)
+        paper_init(self.ops), paper_init(self.V)
 
     def _lambdas(self, cfg: LadderConfig) -> list[float]:
         if not cfg.denoise or cfg.variant == "supervised":
@@ -128,29 +132,45 @@ class Ladder(SemiSupervised):
         b = self.beta[self.beta_of[l]]
         return self.gamma * (z + b) if l == self.L else F.relu(z + b)
 
-    def _bn(self, l: int, z: torch.Tensor, n_l: int, track: bool) -> tuple[torch.Tensor, tuple]:
-        """Normalise z_pre (B, ...) with separate statistics for rows [:n_l] and [n_l:] (running ones in
-        eval mode); returns z and the statistics of the [n_l:] rows; `track` updates the running ones."""
+    def _bn(self, l: int, z: torch.Tensor, groups: list[int], track: bool) -> tuple[torch.Tensor, tuple]:
+        """Normalise z_pre (B, ...) with separate batch statistics for each group of rows (sizes
+        `groups`), or the running ones in eval mode; returns z and the statistics of the last group;
+        `track` updates the running ones with them."""
         run_m, run_s = getattr(self, f"run_mean{l}"), getattr(self, f"run_std{l}")
         if not self.training:
             return (z - run_m) / run_s, (run_m, run_s)
-        m, s = stats(z[n_l:])
+        parts = [normalise(part) for part in z.split(groups)]
+        zn, m, s = parts[-1]
         if track:
             with torch.no_grad():
                 run_m.lerp_(m.detach(), 0.05), run_s.lerp_(s.detach(), 0.05)
-        zu = (z[n_l:] - m) / s
-        return (torch.cat([norm(z[:n_l]), zu]) if n_l else zu), (m, s)
+        return (torch.cat([p[0] for p in parts]) if len(parts) > 1 else zn), (m, s)
 
-    def _encoder(self, x: torch.Tensor, noise: float, n_l: int = 0, track: bool = False):
-        """One pass: the normalised z_l of every layer (z_0 = the input), their statistics over the
-        rows [n_l:], the last hidden layer h_{L-1} and the top's logits."""
+    @staticmethod
+    def _noisy(h: torch.Tensor, noise: float, rows: int) -> torch.Tensor:
+        """h with gaussian noise of std `noise` on its first `rows` rows."""
+        if not noise or not rows:
+            return h
+        if rows == h.shape[0]:
+            return torch.add(h, torch.randn_like(h), alpha=noise)
+        head = h[:rows]
+        return torch.cat([torch.add(head, torch.randn_like(head), alpha=noise), h[rows:]])
+
+    def _encoder(self, x: torch.Tensor, noise: float, groups: list[int] | None = None, noisy: int = 0,
+                 track: bool = False):
+        """One pass over the rows of x, batch statistics per group of rows (sizes `groups`; default:
+        one group), noise on the first `noisy` rows (the input and every z_l): the normalised z_l of
+        every layer (z_0 = the input), the statistics of the last group, the last hidden layer
+        h_{L-1} and the top's logits. The training step runs its corrupted pass (labelled, unlabelled)
+        and its clean pass as three groups of one pass: one matrix product per layer, not two."""
         h = x.flatten(1).float() if self.cfg.arch == "mlp" else x.float()
-        h = h + noise * torch.randn_like(h) if noise else h
+        groups = groups or [h.shape[0]]
+        h = self._noisy(h, noise, noisy)
         zs, stats, last = [h], [None], h
         for l in range(1, self.L + 1):
             last = h
-            z, st = self._bn(l, self.ops[l - 1](h).float(), n_l, track)
-            z = z + noise * torch.randn_like(z) if noise else z
+            z, st = self._bn(l, self.ops[l - 1](h).float(), groups, track)
+            z = self._noisy(z, noise, noisy)
             zs.append(z), stats.append(st)
             h = self._layer_out(l, z)
         return zs, stats, last, h
@@ -180,23 +200,20 @@ class Ladder(SemiSupervised):
 
     def forward(self, batch: dict[str, torch.Tensor], player: str = "model") -> dict[str, torch.Tensor]:
         if player == "readout":
-            with torch.no_grad():
-                z = self.encode(batch["x"])
-            r = self.recon_loss(self.decode(z), batch["x"])
-            return {"loss": r, "recon": r}
+            return self.readout_loss(batch)
         xl, yl = self.labelled(batch)
         if self.cfg.variant == "supervised":  # the labelled rows alone; noise as the regulariser
             if self.cfg.noise:  # test-time statistics from a clean pass: noisy ones are wider and misscale
                 with torch.no_grad():
                     self._encoder(xl, 0.0, track=True)
-            logits = self._encoder(xl, self.cfg.noise, track=not self.cfg.noise)[3]
+            logits = self._encoder(xl, self.cfg.noise, noisy=len(xl), track=not self.cfg.noise)[3]
             ce = self.masked_ce(logits, yl)
             return {"loss": ce, "ce": ce}
-        n, (xc, xt) = xl.shape[0], self.unlabelled_views(batch["x"])
-        zt, _, _, top = self._encoder(torch.cat([xl, xt]), self.cfg.noise, n_l=n)
-        clean, stats, _, _ = self._encoder(xc, 0.0, track=True)
+        (xc, xt), n = self.unlabelled_views(batch["x"]), xl.shape[0]
+        u = n + xt.shape[0]  # rows [:n] corrupted labelled, [n:u] corrupted unlabelled, [u:] clean unlabelled
+        zs, stats, _, top = self._encoder(torch.cat([xl, xt, xc]), self.cfg.noise, [n, u - n, xc.shape[0]], u, True)
         ce = self.masked_ce(top[:n], yl)
-        costs = self.denoise_costs([z[n:] for z in zt], top[n:], clean, stats)
+        costs = self.denoise_costs([z[n:u] for z in zs], top[n:u], [z[u:] for z in zs], stats)
         denoise = sum(self.lam[l] * c for l, c in costs.items())
         return {"loss": ce + denoise, "ce": ce, "denoise": denoise} | {f"cost{l}": c for l, c in costs.items()}
 
@@ -208,14 +225,12 @@ class Ladder(SemiSupervised):
         return clean, (view(x) if mode == "independent" else clean)
 
     def players(self) -> list[Player]:
-        dec = {id(p) for p in self.decoder.parameters()}
-        return [Player("model", [p for p in self.parameters() if id(p) not in dec]),
-                Player("readout", list(self.decoder.parameters()), every=self.cfg.readout_every)]
+        return self.readout_players(self.cfg.readout_every)
 
     @torch.no_grad()
     def denoised_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The full ladder's bottom layer: (noised input, its denoised zhat_0), both (B, C, H, W)."""
         if self.lowest_decoded() != 0:
             raise ConfigError("only the full ladder decodes its input layer (model.variant=full)")
-        zt, _, _, top = self._encoder(x, self.cfg.noise)
+        zt, _, _, top = self._encoder(x, self.cfg.noise, noisy=len(x))
         return zt[0].view_as(x), self.decode_ladder(zt, top)[0].view_as(x)

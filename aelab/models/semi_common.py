@@ -1,7 +1,7 @@
 """What the semi-supervised models (`ladder`, `m2`, `aae-ssl`) share: the labelled pool and accuracy.
 
 With 100 labels among 54,000 images a random engine batch holds ~0 labelled rows, so each step
-draws its own `clf_batch` labelled images from a pool the caller hands over with `set_pool`
+draws its own `clf_batch` labelled images (without replacement) from a pool the caller hands over with `set_pool`
 (non-persistent uint8 buffers: data, not weights), as the papers pair every unlabelled minibatch
 with a labelled one. The labelled draw is augmented (random rotation / shift / flip per image) with
 the same batch ops as the engine; the engine's batch is the unlabelled half. Without a pool (the
@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..data.augment import augment
 from ..errors import ConfigError
-from .base import AEConfig, Autoencoder
+from .base import AEConfig, Autoencoder, Player
+from .blocks import Unflatten, numel
 
 
 @dataclass
@@ -56,7 +58,11 @@ class SemiSupervised(Autoencoder):
         """Images (B, C, H, W) and labels (B,) for the supervised term, -1 where hidden; augmented."""
         x, y = batch["x"], batch["y"]
         if self.pool_y.numel():  # the pool's size is fixed for a run: a static branch
-            idx = torch.randint(self.pool_y.numel(), (self.cfg.clf_batch,), device=x.device)
+            # drawn without replacement, as the papers' labelled stream (the ladder's code cycles through
+            # the shuffled labelled set): 100 labels and a batch of 100 give each label once a step, not
+            # ~63% of them with repeats; a pool smaller than the batch is repeated whole
+            n, k = self.pool_y.numel(), self.cfg.clf_batch
+            idx = torch.randperm(n, device=x.device).repeat(-(-k // n))[:k]
             x, y = self.pool_x[idx].to(x.dtype) / 255, self.pool_y[idx]
         c = self.cfg
         return augment(x, c.rotate, c.shift, c.hflip), y
@@ -71,6 +77,26 @@ class SemiSupervised(Autoencoder):
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (B, K) of clean images (eval mode for the test)."""
         raise NotImplementedError
+
+    # -- a readout for the classifiers without a decoder of their own (ladder, VAT): a linear map
+    # from the codes to images, trained on detached codes (it never changes the classifier), so that
+    # they answer `reconstruct` like every model
+    @staticmethod
+    def readout(latent: int, input_shape: tuple[int, ...]) -> nn.Module:
+        return nn.Sequential(nn.Linear(latent, numel(input_shape)), Unflatten(input_shape))
+
+    def readout_loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The readout player's step: the reconstruction of detached codes."""
+        with torch.no_grad():
+            z = self.encode(batch["x"])
+        r = self.recon_loss(self.decode(z), batch["x"])
+        return {"loss": r, "recon": r}
+
+    def readout_players(self, every: int) -> list[Player]:
+        """The classifier ("model": every parameter but the readout's) and the readout every `every` steps."""
+        dec = {id(p) for p in self.decoder.parameters()}
+        return [Player("model", [p for p in self.parameters() if id(p) not in dec]),
+                Player("readout", list(self.decoder.parameters()), every=every)]
 
     @torch.no_grad()
     def metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
