@@ -192,11 +192,15 @@ def query(index_dir: str, source: str, args: tuple[str, ...]) -> None:
 @click.option("--points", default=10_000, show_default=True, help="Test images on the map.")
 @click.option("--maps", default="", help="Comma-separated 2-D maps: pca, tsne, umap (default: pca, plus umap "
                                          "when installed).")
-def explore(run_dir: str, port: int, points: int, maps: str) -> None:
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST[:PORT]",
+              help="Also answer requests addressed to this host (a tunnel's or proxy's name); only "
+                   "127.0.0.1 and localhost otherwise (repeatable).")
+def explore(run_dir: str, port: int, points: int, maps: str, allow_hosts: tuple[str, ...]) -> None:
     """Explore a finished run's latent space in the browser (map, morphs, sliders, attributes)."""
     from .explore import explore as run_explorer
 
-    run_explorer(run_dir, port, points, [m.strip() for m in maps.split(",") if m.strip()] or None, click.echo)
+    run_explorer(run_dir, port, points, [m.strip() for m in maps.split(",") if m.strip()] or None, click.echo,
+                 list(allow_hosts))
 
 
 @cli.command()
