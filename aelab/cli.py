@@ -129,6 +129,8 @@ def _status_text(s: dict) -> str:
         lines.append(f"time per cell so far: {s['seconds_per_cell']:.1f} s ({s['cell_seconds'] / 60:.1f} min in all)")
         lines.append("seconds per arm: " + ", ".join(f"{a} {t:.0f}" for a, t in s["seconds_by_arm"].items()))
     lines += [f"failed: {k}: {v}" for k, v in s["failed"].items()]
+    lines += [f"cell {k}: its stored record cannot be used (corrupt, cut short or of another config); it will run "
+              "again" for k in s.get("unreadable", [])]
     return "\n".join(lines)
 
 
@@ -174,16 +176,19 @@ def query(index_dir: str, source: str, args: tuple[str, ...]) -> None:
 
     opts = _options(args, {"k": int, "radius": int, "out": str})
     hits = query_index(index_dir, source, opts.get("k", 10))
+    # every file is read (and the figure drawn) before anything is printed: a bad file is one line,
+    # not half an answer
+    within = within_radius(index_dir, hits.bits, opts["radius"]) if "radius" in opts else []
+    figure = hits_figure(hits, opts.get("out") or Path(index_dir) / "query.png")
     classes = hits.meta.get("classes") or []
     for i in range(len(hits.rows)):
         click.echo(f"query {i}:")
         for rank, (row, d, y) in enumerate(zip(hits.rows[i], hits.distances[i], hits.labels[i]), 1):
             name = classes[y] if 0 <= y < len(classes) else str(y)
             click.echo(f"  {rank:3d}. row {row:7d}  distance {d:3d}  {name}")
-    if "radius" in opts:
-        for i, rows in enumerate(within_radius(index_dir, hits.bits, opts["radius"])):
-            click.echo(f"query {i}: {len(rows)} indexed codes within Hamming radius {opts['radius']}")
-    click.echo(f"figure: {hits_figure(hits, opts.get('out') or Path(index_dir) / 'query.png')}")
+    for i, rows in enumerate(within):
+        click.echo(f"query {i}: {len(rows)} indexed codes within Hamming radius {opts['radius']}")
+    click.echo(f"figure: {figure}")
 
 
 @cli.command()

@@ -39,6 +39,39 @@ def read_bytes(path: str | Path, error: type[AelabError] = CheckpointError, defa
         raise error(f"{path}: cannot read it ({why})") from None
 
 
+def require_file(path: str | Path, error: type[AelabError] = CheckpointError, hint: str = "") -> Path:
+    """`path` if it is a file (or a link to one), else `error` saying what is there instead."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    what = ("is a folder, not a file" if path.is_dir() else "is a broken link or a symlink loop"
+            if path.is_symlink() else "not found")
+    raise error(f"{path} {what}{'; ' + hint if hint else ''}")
+
+
+def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]] | None, int]:
+    """The dict rows of a JSON-lines file (history.jsonl) and how many lines could not be read; None when
+    there is no such file. A line cut short by a killed run, or any other bad line, is skipped and counted."""
+    path = Path(path)
+    if not path.is_file():
+        return None, 0
+    raw = read_bytes(path)
+    rows, skipped = [], 0
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            skipped += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            skipped += 1
+    return rows, skipped
+
+
 def read_json(path: str | Path, error: type[AelabError] = CheckpointError, default: Any = _MISSING,
               kind: type = dict) -> Any:
     """The JSON document in `path`, checked to be a `kind` (a dict unless told); `default` when the file

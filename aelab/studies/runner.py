@@ -30,6 +30,7 @@ from ..atomic import atomic_write_text
 from ..config import apply_overrides, from_dict, make_config, to_dict, _flatten
 from ..engine import TrainingInterrupted
 from ..errors import AelabError, CheckpointError, ConfigError
+from ..readers import check_kind, read_json
 from ..report import write_report
 from ..runs import claim_run_dir, git_commit
 from .base import Results, Study, StudyConfig, get_study, usable_cores
@@ -116,17 +117,45 @@ def resume_study(path: str | Path, overrides: list[str] = ()) -> Path:
 
 
 def read_study_config(path: Path) -> tuple[str, dict[str, Any]]:
-    """(study name, the stored flat config) of a study folder."""
-    try:
-        doc = json.loads((Path(path) / "config.json").read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is not a study folder (no config.json)") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}/config.json is not valid JSON: {e}") from None
+    """(study name, the stored flat config) of a study folder, with its study.json and cells/ checked:
+    a corrupt one is one line naming the file, before anything runs or is written."""
+    path = Path(path)
+    if not path.is_dir() or not (path / "config.json").exists() and not (path / "config.json").is_symlink():
+        raise CheckpointError(f"{path} is not a study folder (no config.json)")
+    doc = read_json(path / "config.json")
     if "study" not in doc:
         raise CheckpointError(f"{path} is a training run, not a study; use aelab train --resume {path}")
     name = doc.pop("study")
-    return name, dict(_flatten(doc))
+    flat = dict(_flatten(doc))
+    try:
+        config_from_doc(get_study(check_kind(name, str, f"{path / 'config.json'}[study]")), flat)
+    except ConfigError as e:
+        raise CheckpointError(f"{path / 'config.json'}: {e}") from None
+    read_session(path)
+    cells = path / "cells"
+    if (cells.exists() or cells.is_symlink()) and not cells.is_dir():
+        raise CheckpointError(f"{cells} is not a folder: restore the study's cells folder (or move it away "
+                              "to run every cell again)")
+    return name, flat
+
+
+def read_session(path: Path) -> dict[str, Any]:
+    """study.json: the commit the study started at and one entry per session; a new one when missing."""
+    doc = read_json(Path(path) / "study.json", default=None)
+    if doc is None:
+        return {"git_commit": git_commit(), "sessions": []}
+    sessions = doc.get("sessions", [])
+    if not isinstance(sessions, list) or not all(isinstance(x, dict) and isinstance(x.get("wall_seconds", 0), (int, float))
+                                                 for x in sessions):
+        raise CheckpointError(f"{Path(path) / 'study.json'}: `sessions` must be a list of sessions; restore the "
+                              "file (or delete it: the commit and wall times are then lost)")
+    return {**doc, "sessions": sessions}
+
+
+def _unreadable(store: CellStore, grid: list, rows: dict) -> list[str]:
+    """Keys of the cells whose stored record exists but cannot be trusted (corrupt, cut short, another
+    config): they run again, and the user is told so."""
+    return [c.key for c in grid if c.key not in rows and (store.dir / f"{c.key}.json").exists()]
 
 
 def study_status(path: str | Path) -> dict[str, Any]:
@@ -145,7 +174,9 @@ def study_status(path: str | Path) -> dict[str, Any]:
             kind = c.arm.split(":")[0]
             by_arm[kind] = by_arm.get(kind, 0.0) + loaded[c.key][1]["seconds"]
     failed = {k: v["error"] for k, v in store.failures().items() if not loaded.get(k)}
+    rows = {k: v for k, v in loaded.items() if v}
     return {"study": name, "cells": len(grid), "done": len(seconds), "failed": failed,
+            "unreadable": _unreadable(store, grid, rows),
             "remaining": len(grid) - len(seconds), "finished": (path / "metrics.json").exists(),
             "seconds_per_cell": sum(seconds) / len(seconds) if seconds else math.nan,
             "cell_seconds": sum(seconds), "seconds_by_arm": by_arm}
@@ -162,6 +193,9 @@ def _execute(study: Study, cfg: StudyConfig, path: Path) -> Path:
     doc = config_doc(cfg)
     store = CellStore(path, _sha(doc))
     rows = {c.key: rec[0] for c in grid if (rec := store.load(c.key))}
+    for key in _unreadable(store, grid, rows):
+        print(f"cell {key}: its stored record cannot be used (corrupt, cut short or of another config); "
+              "it will run again", file=sys.stderr, flush=True)
     needs = {c.key: [d.key for d in study.needs(cfg, c)] for c in grid}
     t0, started = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S")
     ex, workers = _executor(cfg, sum(k not in rows for k in keys))
@@ -254,7 +288,7 @@ def _executor(cfg: StudyConfig, todo: int):
 def _summarize(study: Study, cfg: StudyConfig, path: Path, results: Results, cells: int,
                tracker: tracking.Tracker) -> Path:
     metrics = study.summarize(cfg, results, path)
-    session = json.loads((path / "study.json").read_text())
+    session = read_session(path)
     metrics["meta"] = {"study": study.study_name, "seed": cfg.seed, "seeds": cfg.seeds, "cells": cells,
                        "aelab_version": __version__, "git_commit": session.get("git_commit", "unknown"),
                        "torch": torch.__version__, "finished": True}
@@ -272,10 +306,7 @@ def _write_session(path: Path, doc: dict) -> None:
 
 def _log_session(path: Path, started: str, t0: float, workers: int, executor: str) -> None:
     """study.json: one entry per session (start, wall seconds, workers); train_seconds sums them."""
-    try:
-        doc = json.loads((path / "study.json").read_text())
-    except (OSError, ValueError):
-        doc = {"git_commit": git_commit(), "sessions": []}
+    doc = read_session(path)
     doc["sessions"].append({"started": started, "wall_seconds": time.perf_counter() - t0,
                             "workers": workers, "executor": executor})
     doc["train_seconds"] = sum(s["wall_seconds"] for s in doc["sessions"])
