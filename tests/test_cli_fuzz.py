@@ -116,12 +116,14 @@ class Mutation:
             path.symlink_to(path.name)  # a link to itself: ELOOP on open
 
 
-def mutations(valid: bytes, header: int = 16) -> st.SearchStrategy[Mutation]:
-    """Cut short, patched, random bytes, a patched header, empty, a folder in its place, a symlink loop."""
+def mutations(valid: bytes, header: int = 16, anywhere: bool = True) -> st.SearchStrategy[Mutation]:
+    """Cut short, patched, random bytes, a patched header, empty, a folder in its place, a symlink loop.
+    Without `anywhere`, no patch past the header (one inside a weight leaves a valid file that trains)."""
     cut = st.integers(0, max(len(valid) - 1, 0)).map(lambda i: valid[:i])
     patch_header = st.tuples(st.integers(0, min(header, len(valid))), st.binary(min_size=1, max_size=4)).map(
         lambda p: valid[:p[0]] + p[1] + valid[p[0] + len(p[1]):])
-    raw = st.one_of(cut, patch_header, _mutations(valid), st.binary(max_size=300)).map(lambda b: Mutation("bytes", b))
+    raw = st.one_of(cut, patch_header, st.binary(max_size=300), *([_mutations(valid)] if anywhere else []))
+    raw = raw.map(lambda b: Mutation("bytes", b))
     return st.one_of(raw, st.sampled_from([Mutation("empty"), Mutation("folder"), Mutation("loop")]))
 
 
@@ -210,6 +212,9 @@ def built(tmp_path_factory) -> dict[str, Path]:
     data = write_blobs_npz(root)
     run = runs.train(overrides=[f"data={data}", *FAST, f"out_dir={root}", "name=run"])
     index = build_index(run, data, root / "index")
+    with pytest.MonkeyPatch.context() as mp:  # (no_server is function-scoped: it runs after this)
+        mp.setattr("aelab.explore.server.serve", lambda *a, **k: None)
+        assert cli("explore", run, "--port", "0", "--maps", "pca")[0] == 0  # writes its cache, explore.npz
     orig_fit = runs.fit
 
     def fit_then_crash(*a, on_epoch, **k):  # dies after epoch 1 is checkpointed, as a kill would
@@ -359,12 +364,12 @@ def safetensors_edits(valid: bytes) -> st.SearchStrategy[Mutation]:
     return json_edits(head).map(lambda m: rebuild(json.loads(m.data)) if m.data.startswith(b"{") else m)
 
 
-def run_mutations(run: Path, name: str) -> st.SearchStrategy[Mutation]:
+def run_mutations(run: Path, name: str, anywhere: bool = True) -> st.SearchStrategy[Mutation]:
     valid = (run / name).read_bytes()
     if name.endswith(".json"):
         return json_mutations(valid)
     if name.endswith(".safetensors"):
-        return st.one_of(mutations(valid, header=64), safetensors_edits(valid))
+        return st.one_of(mutations(valid, header=64, anywhere=anywhere), safetensors_edits(valid))
     return mutations(valid)
 
 
@@ -379,10 +384,28 @@ def test_fuzz_run_folder(built, work, name, command, data):
 
 
 @FUZZ
-@given(name=st.sampled_from(["config.json", "checkpoint.safetensors", "history.jsonl"]), data=st.data())
+@given(data=st.data())
+def test_fuzz_explore_cache(built, work, data):
+    """A broken explore.npz is no error: the codes and maps are computed again and the cache rewritten."""
+    from aelab.explore.space import load_space
+
+    run = fresh(work, built["run"])
+    valid = (run / "explore.npz").read_bytes()
+    data.draw(st.one_of(mutations(valid, header=64), st.dictionaries(
+        st.sampled_from(["key", "codes", "map_pca"]), ARRAYS, max_size=3).map(lambda d: Mutation("bytes", npz_bytes(**d)))
+    )).apply(run / "explore.npz")
+    code, out, err = cli("explore", run, "--port", "0", "--maps", "pca")
+    assert code == 0 and "Traceback" not in err, err
+    if (run / "explore.npz").is_file():  # rewritten, unless a folder stands in its way
+        assert not load_space(run, maps=["pca"])[1]
+
+
+@FUZZ
+@given(name=st.sampled_from(["config.json", "checkpoint.safetensors"]), data=st.data())
 def test_fuzz_train_resume(built, work, name, data):
+    """(history.jsonl is not read: the checkpoint holds the history a resumed run rewrites.)"""
     run = fresh(work, built["stopped"])
-    data.draw(run_mutations(run, name)).apply(run / name)
+    data.draw(run_mutations(run, name, anywhere=False)).apply(run / name)
     check(run.parent, (name, "stopped"), "train", "--resume", run)
 
 
