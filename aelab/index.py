@@ -139,7 +139,8 @@ def _faiss_file(path: Path, name: str, meta: dict):
     try:
         index = _faiss().deserialize_index_binary(np.frombuffer(raw, dtype=np.uint8))
     except RuntimeError as e:  # faiss's own errors on a file it cannot parse
-        raise DataError(f"{path / name}: not a faiss binary index ({short(e)}); rebuild it with `aelab index`") from None
+        raise DataError(f"{path / name}: not a faiss binary index ({short(e)}); "
+                        "rebuild it with `aelab index`") from None
     if index.d != 8 * -(-meta["bits"] // 8) or index.ntotal != meta["rows"]:
         raise DataError(f"{path / name} holds {index.ntotal} codes of {index.d} bits but index.json says "
                         f"{meta['rows']} of {meta['bits']}; rebuild it with `aelab index`")

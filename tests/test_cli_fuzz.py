@@ -391,9 +391,9 @@ def test_fuzz_explore_cache(built, work, data):
 
     run = fresh(work, built["run"])
     valid = (run / "explore.npz").read_bytes()
-    data.draw(st.one_of(mutations(valid, header=64), st.dictionaries(
-        st.sampled_from(["key", "codes", "map_pca"]), ARRAYS, max_size=3).map(lambda d: Mutation("bytes", npz_bytes(**d)))
-    )).apply(run / "explore.npz")
+    arrays = st.dictionaries(st.sampled_from(["key", "codes", "map_pca"]), ARRAYS, max_size=3)
+    data.draw(st.one_of(mutations(valid, header=64), arrays.map(lambda d: Mutation("bytes", npz_bytes(**d)))))\
+        .apply(run / "explore.npz")
     code, out, err = cli("explore", run, "--port", "0", "--maps", "pca")
     assert code == 0 and "Traceback" not in err, err
     if (run / "explore.npz").is_file():  # rewritten, unless a folder stands in its way
@@ -481,7 +481,7 @@ def test_a_study_folder_that_is_a_file_or_missing(built, work):
 # --------------------------------------------------------------------------- TOML configs
 
 
-@FUZZ
+@settings(FUZZ, max_examples=8)  # a valid edit trains a run or runs the toy study: the slowest examples
 @given(kind=st.sampled_from(["train", "study"]), data=st.data())
 def test_fuzz_toml_configs(built, work, kind, data):
     folder = work / f"ex{next(_ids)}"

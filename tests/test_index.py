@@ -138,5 +138,7 @@ def test_query_codes_as_bits_or_signs_and_nothing_else(monkeypatch, capsys, tmp_
     assert listed(signs_out) == listed(bits_out)
     for bad in (np.full((2, 16), 0.5), np.array([[-1, 0, 1] * 5 + [1]]), np.zeros((0, 16)), np.full((2, 16), np.nan)):
         np.savez(tmp_path / "bad.npz", codes=bad)
-        one_line_error(*cli(monkeypatch, capsys, "query", tmp_path / "ix", tmp_path / "bad.npz")[::2], "bad.npz", "codes")
-    one_line_error(*cli(monkeypatch, capsys, "query", tmp_path / "ix", tmp_path / "bits.npz", "radius=-1")[::2], "radius")
+        code, _, err = cli(monkeypatch, capsys, "query", tmp_path / "ix", tmp_path / "bad.npz")
+        one_line_error(code, err, "bad.npz", "codes")
+    code, _, err = cli(monkeypatch, capsys, "query", tmp_path / "ix", tmp_path / "bits.npz", "radius=-1")
+    one_line_error(code, err, "radius")

@@ -145,8 +145,8 @@ def read_session(path: Path) -> dict[str, Any]:
     if doc is None:
         return {"git_commit": git_commit(), "sessions": []}
     sessions = doc.get("sessions", [])
-    if not isinstance(sessions, list) or not all(isinstance(x, dict) and isinstance(x.get("wall_seconds", 0), (int, float))
-                                                 for x in sessions):
+    if not isinstance(sessions, list) or not all(
+            isinstance(x, dict) and isinstance(x.get("wall_seconds", 0), (int, float)) for x in sessions):
         raise CheckpointError(f"{Path(path) / 'study.json'}: `sessions` must be a list of sessions; restore the "
                               "file (or delete it: the commit and wall times are then lost)")
     return {**doc, "sessions": sessions}
