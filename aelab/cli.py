@@ -68,12 +68,13 @@ def eval_(run_dir: str, overrides: tuple[str, ...]) -> None:
 
 def markdown_of(run_dir: Path, only: tuple[str, ...], columns: tuple[str, ...] = ()) -> str:
     from .errors import DataError
+    from .readers import read_json
     from .report.markdown import markdown
 
     path = run_dir / "metrics.json"
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: no metrics.json; give a finished run or study folder")
-    return markdown(json.loads(path.read_text()), only, columns)
+    return markdown(read_json(path, DataError), only, columns)
 
 
 @cli.command()

@@ -347,7 +347,8 @@ RUN_FILES = ["config.json", "metrics.json", "model.safetensors", "history.jsonl"
 
 def run_commands(run: Path) -> dict[str, list]:
     out = run.parent
-    return {"eval": ["eval", run], "report": ["report", run], "export": ["export", run, "--onnx", out / "onnx"],
+    return {"eval": ["eval", run], "report": ["report", run], "markdown": ["report", "--markdown", run],
+            "export": ["export", run, "--onnx", out / "onnx"],
             "explore": ["explore", run, "--port", "0", "--maps", "pca"],
             "index": ["index", run, f"data={{data}}", f"out={out / 'ix'}"]}
 
@@ -374,8 +375,8 @@ def run_mutations(run: Path, name: str, anywhere: bool = True) -> st.SearchStrat
 
 
 @FUZZ
-@given(name=st.sampled_from(RUN_FILES), command=st.sampled_from(["eval", "report", "explore", "index", "export"]),
-       data=st.data())
+@given(name=st.sampled_from(RUN_FILES), data=st.data(),
+       command=st.sampled_from(["eval", "report", "markdown", "explore", "index", "export"]))
 def test_fuzz_run_folder(built, work, name, command, data):
     run = fresh(work, built["run"])
     data.draw(run_mutations(run, name)).apply(run / name)
@@ -413,7 +414,7 @@ def test_a_run_folder_that_is_a_file_or_missing(built, work):
     folder = work / f"ex{next(_ids)}"
     folder.mkdir()
     (folder / "run").write_text("not a folder")
-    for command in ("eval", "report", "explore", "index", "export"):
+    for command in ("eval", "report", "markdown", "explore", "index", "export"):
         args = [str(a).format(data=built["data"]) for a in run_commands(folder / "run")[command]]
         check(folder, "run", *args, may_pass=False)
     check(folder, "run", "train", "--resume", folder / "run", may_pass=False)
