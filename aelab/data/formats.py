@@ -327,14 +327,14 @@ def read_image(path: Path, gray: bool | None = None, size: tuple[int, int] | Non
     (W, H) the size is checked before any pixel is decoded. Any unreadable file is a DataError."""
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about odd metadata (corrupt EXIF): no stray lines
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # one line, not a warning
-            im = Image.open(path)
-        with im:
-            if size is not None and im.size != tuple(size):
-                raise DataError(f"{path}: the image is {im.size[0]}x{im.size[1]} pixels, {wanted} "
-                                f"{size[0]}x{size[1]}; resize it first")
-            gray = im.mode in GRAY_MODES if gray is None else gray
-            return np.asarray(im.convert("L" if gray else "RGB"))
+            with Image.open(path) as im:
+                if size is not None and im.size != tuple(size):
+                    raise DataError(f"{path}: the image is {im.size[0]}x{im.size[1]} pixels, {wanted} "
+                                    f"{size[0]}x{size[1]}; resize it first")
+                gray = im.mode in GRAY_MODES if gray is None else gray
+                return np.asarray(im.convert("L" if gray else "RGB"))
     except DataError:
         raise
     except Exception as e:  # Pillow raises many types on bad files (OSError, SyntaxError, ...)
