@@ -160,6 +160,7 @@ def read_meta(index_dir: str | Path) -> dict:
     for key, kind in (("bits", int), ("rows", int), ("run", str), ("data", str), ("model", str),
                       ("labels", list), ("classes", list), ("files", dict)):
         check_kind(meta.get(key), kind, f"{where}[{key}]", DataError)
+    check_kind(meta.get("data_dir", ""), str, f"{where}[data_dir]", DataError)
     labels = meta["labels"]
     if meta["bits"] <= 0 or meta["rows"] <= 0 or len(labels) != meta["rows"] or \
             not all(isinstance(y, int) and not isinstance(y, bool) and y >= 0 for y in labels):
@@ -218,7 +219,10 @@ def query_index(index_dir: str | Path, source: str | Path, k: int = 10) -> Hits:
     if k <= 0:
         raise ConfigError("k must be > 0")
     meta, flat = read_index(index_dir)
-    model = load_hash_model(meta["run"])
+    try:
+        model = load_hash_model(meta["run"])
+    except (CheckpointError, ConfigError) as e:  # the run moved, or index.json was changed
+        raise CheckpointError(f"{Path(index_dir) / 'index.json'} names the run {meta['run']!r}: {e}") from None
     x, bits = read_queries(source, model.input_shape)
     if bits is None:
         bits = hash_images(model, x)
@@ -255,7 +259,10 @@ def hits_figure(hits: Hits, out: str | Path) -> Path:
     """Each query image (when given as an image) then its nearest index images, one row per query."""
     from .report import plots
 
-    ds = load_dataset(hits.meta["data"], hits.meta.get("data_dir") or None)
+    try:
+        ds = load_dataset(hits.meta["data"], hits.meta.get("data_dir") or None)
+    except (ConfigError, DataError) as e:
+        raise DataError(f"the data set that index.json names, {hits.meta['data']!r}, cannot be loaded: {e}") from None
     rows = []
     for i in range(len(hits.rows)):
         q = [] if hits.queries is None else [hits.queries[i:i + 1]]
