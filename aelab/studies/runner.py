@@ -136,6 +136,10 @@ def read_study_config(path: Path) -> tuple[str, dict[str, Any]]:
     if (cells.exists() or cells.is_symlink()) and not cells.is_dir():
         raise CheckpointError(f"{cells} is not a folder: restore the study's cells folder (or move it away "
                               "to run every cell again)")
+    # a corrupt cell file is run again and rewritten; a folder in its place could not be rewritten
+    stray = next((p for p in cells.glob("*") if p.is_dir()), None) if cells.is_dir() else None
+    if stray is not None:
+        raise CheckpointError(f"{stray} is a folder where a cell file belongs: move it away (the cell then runs again)")
     return name, flat
 
 
