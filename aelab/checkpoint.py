@@ -17,6 +17,7 @@ from safetensors.torch import save as st_save
 
 from .atomic import atomic_write, atomic_write_text  # noqa: F401 (re-exported)
 from .errors import CheckpointError
+from .readers import check_kind, require_file, short
 
 META_KEY = "aelab"
 
@@ -29,16 +30,15 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, A
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The tensors and JSON document of a file written by `save_tensors`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} not found")
+    path = require_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
-    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        raise CheckpointError(f"{path} is not a safetensors file written by aelab ({e}); "
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, ValueError, UnicodeDecodeError, OSError, RecursionError) as e:
+        raise CheckpointError(f"{path} is not a safetensors file written by aelab ({short(e)}); "
                               "aelab never unpickles weights: re-create it with aelab") from None
+    return tensors, check_kind(meta, dict, f"{path}: its aelab metadata")
 
 
 def save_model(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
@@ -113,21 +113,44 @@ def save_training(path: Path, model: torch.nn.Module, opts: dict, scalers: dict,
     save_tensors(path, tensors, {**doc, **meta})
 
 
+def read_training(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and document of a training checkpoint, checked before anything acts on them: the loop
+    state (each field of `FitState` with its type), the optimiser and loss-scaler documents, the RNG."""
+    from .step import FitState
+
+    tensors, doc = load_tensors(path)
+    state, defaults = doc.get("state"), FitState()
+    bad = not isinstance(state, dict) or not isinstance(doc.get("optimizers", {}), dict) or \
+        not isinstance(doc.get("scalers", {}), dict) or "rng.cpu" not in tensors
+    for k, v in (state.items() if isinstance(state, dict) else ()):
+        want = type(getattr(defaults, k, None))
+        bad |= not hasattr(defaults, k) or not (type(v) is want or want is float and type(v) is int)
+    if bad or not all(isinstance(r, dict) for r in state["history"] if "history" in state):
+        raise CheckpointError(f"{path} is not a training checkpoint this aelab can resume (its loop state, "
+                              "optimisers or RNG are missing or of the wrong kind); start the run afresh")
+    return tensors, doc
+
+
 def load_training(path: Path, model: torch.nn.Module, opts: dict, scalers: dict):
     """Restore weights, optimisers, loss scalers and RNG in place; returns the loop state (a dict),
     the best weights (if kept) and the loop tensors of a mid-epoch checkpoint."""
-    tensors, doc = load_tensors(path)
+    tensors, doc = read_training(path)
     load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
-    for name, opt in opts.items():
-        if name not in doc.get("optimizers", {}):
-            raise CheckpointError(f"{path} has no optimiser state for player '{name}'")
-        load_optimizer(name, opt, tensors, doc["optimizers"][name])
-    for name, scaler in scalers.items():
-        if name not in doc.get("scalers", {}):
-            raise CheckpointError(f"{path} was trained without fp16 loss scaling; resume it with the "
-                                  "train.amp it was started with")
-        scaler.load_state_dict(doc["scalers"][name])
-    torch.set_rng_state(tensors["rng.cpu"])
+    try:
+        for name, opt in opts.items():
+            if name not in doc.get("optimizers", {}):
+                raise CheckpointError(f"{path} has no optimiser state for player '{name}'")
+            load_optimizer(name, opt, tensors, doc["optimizers"][name])
+        for name, scaler in scalers.items():
+            if name not in doc.get("scalers", {}):
+                raise CheckpointError(f"{path} was trained without fp16 loss scaling; resume it with the "
+                                      "train.amp it was started with")
+            scaler.load_state_dict(doc["scalers"][name])
+        torch.set_rng_state(tensors["rng.cpu"])
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
+        # torch's load_state_dict and set_rng_state on a changed document or tensor
+        raise CheckpointError(f"{path}: its optimiser or RNG state does not fit this run ({short(e)}); "
+                              "start the run afresh") from None
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}

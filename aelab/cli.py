@@ -68,12 +68,13 @@ def eval_(run_dir: str, overrides: tuple[str, ...]) -> None:
 
 def markdown_of(run_dir: Path, only: tuple[str, ...], columns: tuple[str, ...] = ()) -> str:
     from .errors import DataError
+    from .readers import read_json
     from .report.markdown import markdown
 
     path = run_dir / "metrics.json"
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: no metrics.json; give a finished run or study folder")
-    return markdown(json.loads(path.read_text()), only, columns)
+    return markdown(read_json(path, DataError), only, columns)
 
 
 @cli.command()
@@ -129,6 +130,8 @@ def _status_text(s: dict) -> str:
         lines.append(f"time per cell so far: {s['seconds_per_cell']:.1f} s ({s['cell_seconds'] / 60:.1f} min in all)")
         lines.append("seconds per arm: " + ", ".join(f"{a} {t:.0f}" for a, t in s["seconds_by_arm"].items()))
     lines += [f"failed: {k}: {v}" for k, v in s["failed"].items()]
+    lines += [f"cell {k}: its stored record cannot be used (corrupt, cut short or of another config); it will run "
+              "again" for k in s.get("unreadable", [])]
     return "\n".join(lines)
 
 
@@ -174,16 +177,19 @@ def query(index_dir: str, source: str, args: tuple[str, ...]) -> None:
 
     opts = _options(args, {"k": int, "radius": int, "out": str})
     hits = query_index(index_dir, source, opts.get("k", 10))
+    # every file is read (and the figure drawn) before anything is printed: a bad file is one line,
+    # not half an answer
+    within = within_radius(index_dir, hits.bits, opts["radius"]) if "radius" in opts else []
+    figure = hits_figure(hits, opts.get("out") or Path(index_dir) / "query.png")
     classes = hits.meta.get("classes") or []
     for i in range(len(hits.rows)):
         click.echo(f"query {i}:")
         for rank, (row, d, y) in enumerate(zip(hits.rows[i], hits.distances[i], hits.labels[i]), 1):
             name = classes[y] if 0 <= y < len(classes) else str(y)
             click.echo(f"  {rank:3d}. row {row:7d}  distance {d:3d}  {name}")
-    if "radius" in opts:
-        for i, rows in enumerate(within_radius(index_dir, hits.bits, opts["radius"])):
-            click.echo(f"query {i}: {len(rows)} indexed codes within Hamming radius {opts['radius']}")
-    click.echo(f"figure: {hits_figure(hits, opts.get('out') or Path(index_dir) / 'query.png')}")
+    for i, rows in enumerate(within):
+        click.echo(f"query {i}: {len(rows)} indexed codes within Hamming radius {opts['radius']}")
+    click.echo(f"figure: {figure}")
 
 
 @cli.command()
@@ -192,11 +198,15 @@ def query(index_dir: str, source: str, args: tuple[str, ...]) -> None:
 @click.option("--points", default=10_000, show_default=True, help="Test images on the map.")
 @click.option("--maps", default="", help="Comma-separated 2-D maps: pca, tsne, umap (default: pca, plus umap "
                                          "when installed).")
-def explore(run_dir: str, port: int, points: int, maps: str) -> None:
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="HOST[:PORT]",
+              help="Also answer requests addressed to this host (a tunnel's or proxy's name); only "
+                   "127.0.0.1 and localhost otherwise (repeatable).")
+def explore(run_dir: str, port: int, points: int, maps: str, allow_hosts: tuple[str, ...]) -> None:
     """Explore a finished run's latent space in the browser (map, morphs, sliders, attributes)."""
     from .explore import explore as run_explorer
 
-    run_explorer(run_dir, port, points, [m.strip() for m in maps.split(",") if m.strip()] or None, click.echo)
+    run_explorer(run_dir, port, points, [m.strip() for m in maps.split(",") if m.strip()] or None, click.echo,
+                 list(allow_hosts))
 
 
 @cli.command()

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from . import registry  # torch-free: model files are imported on the first lookup
 from .errors import ConfigError
+from .readers import read_bytes, short
 
 
 @dataclass
@@ -251,19 +252,22 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
 
 def load_toml(path: str | Path) -> list[tuple[str, Any]]:
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise ConfigError(f"config file {path} not found")
+    raw = read_bytes(path, ConfigError)
     try:
-        with path.open("rb") as f:
-            return _flatten(tomllib.load(f))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        return _flatten(tomllib.loads(raw.decode("utf-8")))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {short(e)}") from None
 
 
 def make_config(base: Any, toml: str | Path | None = None, overrides: list[str] = ()) -> Any:
     """`base` (a default dataclass) with a TOML file and then the overrides applied, then checked."""
     if toml is not None:
-        apply_pairs(base, load_toml(toml))
+        try:
+            apply_pairs(base, load_toml(toml))
+        except ConfigError as e:
+            raise e if str(toml) in str(e) else ConfigError(f"{toml}: {e}") from None
     apply_overrides(base, list(overrides))
     if hasattr(base, "check"):
         base.check()

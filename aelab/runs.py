@@ -17,14 +17,15 @@ from typing import Any
 import torch
 
 from . import __version__, analysis, distributed, tracking
-from .checkpoint import atomic_write_text, load_state, load_tensors, save_model
+from .checkpoint import atomic_write_text, load_state, load_tensors, read_training, save_model
 from .config import RunConfig, from_dict, make_config, to_dict
 from .data import load_dataset
 from .data.device import Splits, pick_device, to_device
 from .data.stream import stream_splits
 from .engine import CHECKPOINT, TrainingInterrupted, fit
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .models import Autoencoder, build_model
+from .readers import read_json, read_jsonl, short
 from .report import write_report
 
 
@@ -88,24 +89,30 @@ def train(cfg: RunConfig | None = None, *, config_file: str | Path | None = None
 
 
 def read_config(path: Path) -> RunConfig:
+    """The checked config of run folder `path` (its config.json); one line naming the file on any problem."""
     path = Path(path)
+    if not path.is_dir() or not (path / "config.json").exists() and not (path / "config.json").is_symlink():
+        raise CheckpointError(f"{path} is not an aelab run folder (no config.json)")
+    doc = read_json(path / "config.json")
     try:
-        doc = json.loads((path / "config.json").read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is not an aelab run folder (no config.json)") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}/config.json is not valid JSON: {e}") from None
-    return from_dict(RunConfig, doc)
+        cfg = from_dict(RunConfig, doc)
+        cfg.check()
+    except ConfigError as e:
+        raise CheckpointError(f"{path / 'config.json'}: {e}") from None
+    return cfg
 
 
 def resume(path: str | Path) -> Path:
     """Continue a stopped run from its last checkpoint; the result equals an uninterrupted run."""
     path = Path(path)
     cfg = read_config(path)
-    if (path / "metrics.json").exists():
+    if (path / "metrics.json").exists() or (path / "metrics.json").is_symlink():
         raise CheckpointError(f"run {path} has already finished; nothing to resume (metrics.json exists)")
     # Killed before its first checkpoint: starting afresh in the same folder is the exact continuation.
-    return _execute(cfg, path, load_splits(cfg), resume=(path / CHECKPOINT).exists())
+    resuming = (path / CHECKPOINT).exists() or (path / CHECKPOINT).is_symlink()
+    if resuming:
+        read_training(path / CHECKPOINT)  # a corrupt checkpoint fails here, before anything is written
+    return _execute(cfg, path, load_splits(cfg), resume=resuming)
 
 
 def load_splits(cfg: RunConfig) -> tuple[Any, Splits]:
@@ -140,7 +147,7 @@ def _train_and_write(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resum
         pre = replace(cfg.train, epochs=max(getattr(cfg.model, "pretrain_epochs", 0), 1))
         for stage in model.pretrain_stages():  # greedy layer-wise pretraining, where the model has it
             fit(stage, splits.train, pre, seed=cfg.seed, augment=cfg.data)
-    rows = list(load_tensors(path / CHECKPOINT)[1]["state"]["history"]) if resume else []
+    rows = list(read_training(path / CHECKPOINT)[1]["state"].get("history", [])) if resume else []
     ctx = distributed.current()
     tracker = _tracker(cfg, path) if ctx.is_main else tracking.Tracker()
 
@@ -202,14 +209,21 @@ def load_run(path: str | Path) -> Run:
     """A finished run: its model (weights loaded, eval mode), config, metrics and history."""
     path = Path(path)
     cfg = read_config(path)
-    tensors, doc = load_tensors(path / "model.safetensors")
-    if "input_shape" not in doc:
-        raise CheckpointError(f"{path}/model.safetensors has no aelab metadata; was it written by aelab?")
-    model = build_model(cfg.model, tuple(doc["input_shape"]), doc["num_classes"])
-    load_state(model, tensors, path / "model.safetensors")
-    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
-    hist_file = path / "history.jsonl"
-    history = [json.loads(line) for line in hist_file.read_text().splitlines()] if hist_file.exists() else []
+    weights = path / "model.safetensors"
+    tensors, doc = load_tensors(weights)
+    shape, classes = doc.get("input_shape"), doc.get("num_classes")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(d) is int and 0 < d <= 65536 for d in shape)
+            and (classes is None or type(classes) is int and 0 <= classes <= 1 << 20)):
+        raise CheckpointError(f"{weights} has no aelab metadata (input_shape, num_classes) it can use; "
+                              "was it written by aelab?")
+    try:
+        model = build_model(cfg.model, tuple(shape), classes)
+    except (ValueError, TypeError, RuntimeError) as e:  # a config the model cannot be built from
+        raise CheckpointError(f"{path / 'config.json'}: cannot build its model for {tuple(shape)} images "
+                              f"({short(e)})") from None
+    load_state(model, tensors, weights)
+    metrics = read_json(path / "metrics.json", default={})
+    history = read_jsonl(path / "history.jsonl")[0] or []
     return Run(path, cfg, model.eval(), metrics, history)
 
 

@@ -228,3 +228,72 @@ def test_serves_offline_and_ctrl_c_stops_it_cleanly(runs):
     finally:
         proc.kill() if proc.poll() is None else None
     assert proc.returncode == 0 and "stopped" in out and "Traceback" not in err, err
+
+
+def test_widget_values_from_a_session_are_clamped(runs):
+    """A browser session can send any value: the morph's steps, the sliders and the strength are held
+    to their ranges (steps=500 would decode 1,000 images per move), and values not offered are ignored."""
+    from bokeh.document import Document
+
+    from aelab.explore.app import Explorer
+
+    space, _ = load_space(runs["vae"])
+    ex = Explorer(space, "vae")
+    doc = Document()
+    doc.add_root(ex.map_figure())
+    doc.add_root(ex.controls())
+    ex.source.selected.indices = [4]
+    ex.source.selected.indices = [9]
+    for sent, shown in ((500, 16), (-7, 3), (float("nan"), 10), (1e300, 16)):
+        ex.steps.value = sent
+        assert ex.morph_div.text.count('data-role="morph"') == 2 * shown, sent  # linear and spherical
+    ex.sliders[0].value = 3.0
+    at_end = ex.edited_div.text
+    ex.sliders[0].value = 1e9
+    assert ex.edited_div.text == at_end  # 1e9 std is the slider's end, 3 std
+    ex.strength.value = float("inf")
+    ex.strength.value = 3.0
+    at_end = ex.edited_div.text
+    ex.strength.value = -1e12
+    ex.strength.value = 1e12
+    assert ex.edited_div.text == at_end
+    ex.attr_kind.value, ex.class_a.value = "class", "no such class"
+    ex.source.selected.indices = [10**9]  # no such point: nothing changes, no error
+    assert 'data-from="4" data-to="9"' in ex.morph_div.text
+
+
+def test_answers_only_its_own_host_names(runs):
+    """DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1 sends Host: evil.example:PORT.
+    Every route (page, images, BokehJS) answers 403 to it; 127.0.0.1, localhost and --allow-host names work."""
+    import urllib.error
+
+    proc = subprocess.Popen(AELAB + ["explore", str(runs["conv"]), "--port", "0", "--allow-host", "MyBox.test"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        for line in proc.stdout:
+            found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+            if found:
+                url, port = found.group(0), int(found.group(1))
+                break
+        assert url, proc.stderr.read()
+
+        def status(path: str, host: str) -> int:
+            req = urllib.request.Request(url.rstrip("/") + path, headers={"Host": host})
+            try:
+                return urllib.request.urlopen(req, timeout=30).status
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        for path in ("/", "/img/3.png", "/static/js/bokeh.min.js"):
+            assert status(path, f"127.0.0.1:{port}") == 200, path
+            assert status(path, f"localhost:{port}") == 200, path
+            assert status(path, f"mybox.test:{port}") == 200, path
+            assert status(path, f"evil.example:{port}") == 403, path
+            assert status(path, f"localhost:{port + 1}") == 403, path  # another port: another origin
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    bad = subprocess.run(AELAB + ["explore", str(runs["conv"]), "--allow-host", "a/b"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "--allow-host" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -102,3 +102,43 @@ def test_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, hash_ru
     meta = json.loads((tmp_path / "ix" / "index.json").read_text())
     (tmp_path / "ix" / "index.json").write_text(json.dumps({**meta, "bits": 32}))  # an index of another width
     one_line_error(*cli(monkeypatch, capsys, "query", tmp_path / "ix", tmp_path / "big.png")[::2], "rebuild")
+
+
+@pytest.mark.parametrize("n_bits", [16, 32, 64])
+def test_radius_counts_are_exact_at_every_radius(tmp_path, n_bits):
+    """Multi-index hashing with a fixed number of flips misses codes beyond 3*nhash-1 bits (32 bits,
+    radius 6: 203 of 278 found); the counts must equal a brute-force Hamming count at every radius."""
+    from aelab.index import within_radius, write_index
+
+    rng = np.random.default_rng(n_bits)
+    db = rng.random((3000, n_bits)) < 0.5
+    db[:200] = db[0] ^ (rng.random((200, n_bits)) < 0.15)  # a cluster near row 0: small balls are not empty
+    write_index(tmp_path / "ix", db, {"model": "test", "data": "random", "run": "", "classes": [],
+                                      "labels": [0] * len(db)})
+    q = np.concatenate([db[:2], rng.random((2, n_bits)) < 0.5])
+    dist = (q[:, None, :] != db[None]).sum(2)  # (Q, N) brute force
+    for radius in range(0, n_bits // 2 + 2):
+        found = within_radius(tmp_path / "ix", q, radius)
+        for i in range(len(q)):
+            assert sorted(found[i].tolist()) == np.flatnonzero(dist[i] <= radius).tolist(), (radius, i)
+
+
+def test_query_codes_as_bits_or_signs_and_nothing_else(monkeypatch, capsys, tmp_path, hash_run, digits):
+    assert cli(monkeypatch, capsys, "index", hash_run, "data=digits", f"out={tmp_path / 'ix'}")[0] == 0
+    q = hash_images(load_hash_model(hash_run), digits.x_test[:3])
+    np.savez(tmp_path / "bits.npz", codes=q.astype(np.uint8))
+    np.savez(tmp_path / "signs.npz", codes=np.where(q, 1.0, -1.0).astype(np.float32))  # +-1, as a tanh layer gives
+    code, bits_out, err = cli(monkeypatch, capsys, "query", tmp_path / "ix", tmp_path / "bits.npz", "k=5")
+    assert code == 0, err
+    code, signs_out, err = cli(monkeypatch, capsys, "query", tmp_path / "ix", tmp_path / "signs.npz", "k=5")
+    assert code == 0, err
+    db = hash_images(load_hash_model(hash_run), digits.x_train)
+    want = [sorted((db != b).sum(1))[:5] for b in q]
+    assert [d for _, d in listed(signs_out)] == [d for row in want for d in row]  # -1 is a 0 bit, not a 1
+    assert listed(signs_out) == listed(bits_out)
+    for bad in (np.full((2, 16), 0.5), np.array([[-1, 0, 1] * 5 + [1]]), np.zeros((0, 16)), np.full((2, 16), np.nan)):
+        np.savez(tmp_path / "bad.npz", codes=bad)
+        code, _, err = cli(monkeypatch, capsys, "query", tmp_path / "ix", tmp_path / "bad.npz")
+        one_line_error(code, err, "bad.npz", "codes")
+    code, _, err = cli(monkeypatch, capsys, "query", tmp_path / "ix", tmp_path / "bits.npz", "radius=-1")
+    one_line_error(code, err, "radius")

@@ -11,6 +11,7 @@ import gzip
 import io
 import math
 import pickle
+import warnings
 import zlib
 from pathlib import Path
 
@@ -205,23 +206,16 @@ def read_cifar_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 # --- npz -----------------------------------------------------------------------------------------
 
 
-def _npz_arrays(npz: object, path: Path) -> dict[str, np.ndarray]:
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: a single .npy array, not an npz archive; save with "
-                        f"np.savez(path, {', '.join(k + '=...' for k in NPZ_KEYS)})")
-    with npz:
-        missing = [k for k in NPZ_KEYS if k not in npz.files]
-        if missing:
-            raise DataError(f"{path}: missing {', '.join(missing)} (found {', '.join(npz.files)}); "
-                            f"an npz data set needs {', '.join(NPZ_KEYS)}")
-        return {k: npz[k] for k in npz.files if k in (*NPZ_KEYS, "classes")}
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an npz archive, read with allow_pickle=False so that the file cannot run code."""
+def read_npz_arrays(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays named `keys` (all when None) that an npz archive holds, read with allow_pickle=False
+    so that the file cannot run code; anything unreadable is a DataError naming the file."""
     try:
         with open(path, "rb") as f:  # ours to close, whatever numpy raises half way
-            return _npz_arrays(np.load(f, allow_pickle=False), path)
+            npz = np.load(f, allow_pickle=False)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise DataError(f"{path}: a single .npy array, not an npz archive; save with np.savez")
+            with npz:
+                return {k: npz[k] for k in npz.files if keys is None or k in keys}
     except DataError:
         raise
     except FileNotFoundError:
@@ -230,6 +224,16 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         hint = ("it holds object arrays, which need pickle; save plain numeric arrays"
                 if "Object arrays" in str(e) else "not a readable npz archive (np.savez)")
         raise DataError(f"{path}: {hint} ({_short(e)})") from None
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The data set's arrays of an npz archive (x_train, y_train, x_test, y_test, classes)."""
+    arrays = read_npz_arrays(path, (*NPZ_KEYS, "classes"))
+    missing = [k for k in NPZ_KEYS if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing {', '.join(missing)} (found {', '.join(arrays) or 'nothing'}); "
+                        f"an npz data set needs {', '.join(NPZ_KEYS)}")
+    return arrays
 
 
 def _as_uint8(x: np.ndarray, where: str) -> np.ndarray:
@@ -317,18 +321,29 @@ def _list_images(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]
     return files, labels
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """(H, W) for grayscale files, (H, W, 3) for everything else."""
+def read_image(path: Path, gray: bool | None = None, size: tuple[int, int] | None = None,
+               wanted: str = "expected") -> np.ndarray:
+    """(H, W) for grayscale, (H, W, 3) for colour: as the file is (gray=None), or converted. With `size`
+    (W, H) the size is checked before any pixel is decoded. Any unreadable file is a DataError."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("L" if im.mode in GRAY_MODES else "RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about odd metadata (corrupt EXIF): no stray lines
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # one line, not a warning
+            with Image.open(path) as im:
+                if size is not None and im.size != tuple(size):
+                    raise DataError(f"{path}: the image is {im.size[0]}x{im.size[1]} pixels, {wanted} "
+                                    f"{size[0]}x{size[1]}; resize it first")
+                gray = im.mode in GRAY_MODES if gray is None else gray
+                return np.asarray(im.convert("L" if gray else "RGB"))
+    except DataError:
+        raise
     except Exception as e:  # Pillow raises many types on bad files (OSError, SyntaxError, ...)
         raise DataError(f"{path}: cannot read the image ({_short(e)}); remove or replace it") from None
 
 
 def stack_images(files: list[Path]) -> np.ndarray:
     """uint8 (N, C, H, W) from image files of one size; C = 1 if all are grayscale, else 3."""
-    images = [_read_image(f) for f in files]
+    images = [read_image(f) for f in files]
     for f, im in zip(files, images):
         if im.shape[:2] != images[0].shape[:2]:
             (h0, w0), (h, w) = images[0].shape[:2], im.shape[:2]

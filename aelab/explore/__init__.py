@@ -1,6 +1,7 @@
 """`aelab explore RUN`: look at and poke the latent space of a finished run in the browser.
 
     aelab explore runs/conv-fashion-mnist --port 5006       # then open http://127.0.0.1:5006/
+    aelab explore RUN --allow-host mybox.local              # also answer http://mybox.local:5006/
 
 The map shows the test codes in 2-D (PCA; UMAP when umap-learn is installed; t-SNE with --maps
 pca,tsne), coloured by class, the image under the pointer on hover. Tap a point to choose it: sliders
@@ -25,14 +26,17 @@ from ..errors import ConfigError
 
 
 def explore(run_dir: str | Path, port: int = 5006, points: int = 10_000, maps: list[str] | None = None,
-            echo: Callable[[str], None] = print) -> None:
-    """Load the run's space (codes and maps cached in the run folder) and serve it until Ctrl-C."""
+            echo: Callable[[str], None] = print, allow_hosts: list[str] = ()) -> None:
+    """Load the run's space (codes and maps cached in the run folder) and serve it until Ctrl-C, to
+    requests addressed to 127.0.0.1 or localhost (and `allow_hosts`) only."""
     try:
         import bokeh  # noqa: F401
     except ImportError:
         raise ConfigError("aelab explore needs the explore extra: pip install 'aelab[explore]'") from None
-    from .server import serve
+    from .server import allowed_hosts, serve
     from .space import CACHE, load_space
+
+    allowed_hosts(port, list(allow_hosts))  # a bad --allow-host fails before the codes are computed
 
     t0 = time.perf_counter()
     space, computed = load_space(run_dir, points, maps)
@@ -41,7 +45,7 @@ def explore(run_dir: str | Path, port: int = 5006, points: int = 10_000, maps: l
          f"({time.perf_counter() - t0:.1f} s)")
     if space.note:
         echo(f"note: {space.note}")
-    serve(space, title(run_dir, space), port, echo)
+    serve(space, title(run_dir, space), port, echo, allow_hosts)
 
 
 def title(run_dir: str | Path, space) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from html import escape
 
 import numpy as np
@@ -49,6 +50,15 @@ def img_tag(image: np.ndarray, role: str, px: int = SHOWN, **data: object) -> st
             f'style="{size_style(*image.shape[1:], px)};margin:1px">')
 
 
+def clamped(slider: Slider, default: float) -> float:
+    """The slider's value held to [start, end]: a browser session can send any value (a huge morph
+    `steps` would make the server decode millions of images); not a finite number -> `default`."""
+    v = slider.value
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        v = default
+    return float(min(max(v, slider.start), slider.end))
+
+
 def palette(n: int) -> list[str]:
     return list(Category10_10[:n]) if n <= 10 else [Turbo256[int(i)] for i in np.linspace(0, 255, n)]
 
@@ -87,6 +97,8 @@ class Explorer:
         return p
 
     def on_view(self, attr, old, new) -> None:
+        if new not in self.s.maps:  # only the options offered
+            return
         self.view, xy = new, self.s.maps[new]
         self.source.data.update(x=xy[:, 0], y=xy[:, 1])
         self.plot.title.text = f"test codes, {VIEWS[new]}"
@@ -100,8 +112,8 @@ class Explorer:
                            "text": [t for _, t in pts]}
 
     def on_tap(self, attr, old, new) -> None:
-        if not new:  # a tap on empty ground clears the selection: nothing to choose
-            return
+        if not new or not isinstance(new[0], (int, np.integer)) or not 0 <= new[0] < len(self.s.codes):
+            return  # a tap on empty ground clears the selection (or a session sent no valid point)
         self.previous, self.chosen = self.chosen, int(new[0])
         self.update_marks()
         if self.s.decodes:
@@ -139,9 +151,10 @@ class Explorer:
         return column(row(self.chosen_div, self.edited_div), sliders, reset, attrs, self.morph_div)
 
     def vector(self) -> np.ndarray:
-        if self.attr_kind.value == "ink":
+        a, b = self.label_of.get(self.class_a.value), self.label_of.get(self.class_b.value)
+        if self.attr_kind.value != "class" or a is None or b is None:  # "ink", or values not offered
             return self.s.attribute("ink")
-        return self.s.attribute("class", self.label_of[self.class_a.value], self.label_of[self.class_b.value])
+        return self.s.attribute("class", a, b)
 
     def show_chosen(self) -> None:
         s, i = self.s, self.chosen
@@ -155,7 +168,8 @@ class Explorer:
         self.show_edited()
 
     def show_edited(self) -> None:
-        z = self.s.edit(self.chosen, [sl.value for sl in self.sliders], self.vector(), self.strength.value)
+        z = self.s.edit(self.chosen, [clamped(sl, 0.0) for sl in self.sliders], self.vector(),
+                        clamped(self.strength, 0.0))
         image = self.s.decode(z[None])[0]
         self.edited_div.text = f'<div><b>edited</b><br>{img_tag(image, "edited", index=self.chosen)}</div>'
 
@@ -168,7 +182,7 @@ class Explorer:
             return
         a, b = self.previous, self.chosen
         rows = []
-        for path, codes in self.s.morph(a, b, int(self.steps.value)).items():
+        for path, codes in self.s.morph(a, b, round(clamped(self.steps, 10))).items():
             imgs = "".join(img_tag(im, "morph", SHOWN * 2 // 3, path=path, step=k)
                            for k, im in enumerate(self.s.decode(codes)))
             rows.append(f"<div><small>{path}</small><br>{imgs}</div>")

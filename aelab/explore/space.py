@@ -198,11 +198,18 @@ def cached_codes(model: torch.nn.Module, images: np.ndarray, run_dir: Path, key:
 
 
 def _read_cache(path: Path, key: str) -> dict[str, np.ndarray]:
+    """The cached arrays when their key matches; none for no cache, an old or a broken one (computed afresh)."""
+    from ..data.formats import read_npz_arrays
+    from ..errors import DataError
+
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files} if str(f["key"]) == key else {}
-    except (OSError, KeyError, ValueError):  # no cache, an old or a broken one: computed afresh
+        stored = read_npz_arrays(path)
+    except DataError:
         return {}
+    arrays = [v for k, v in stored.items() if k != "key"]
+    ok = "key" in stored and str(stored["key"]) == key and len({len(v) for v in arrays}) <= 1 and all(
+        v.dtype == np.float32 and v.ndim == 2 for v in arrays)  # codes (N, D) and maps (N, 2)
+    return stored if ok else {}
 
 
 def _encode(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:

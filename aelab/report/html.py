@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 from ..atomic import atomic_write_text
 from ..errors import CheckpointError
+from ..readers import read_json, read_jsonl
 
 # Figures a run usually draws, in the order a reader wants them; any others follow alphabetically.
 PREFERRED_FIGURES = ("recon_grid", "loss_curves", "codes_pca", "codes_tsne", "prior_samples", "interpolation")
@@ -88,36 +89,6 @@ class _Run:
 # ----------------------------------------------------------------------------- reading artifacts
 
 
-def _read_json(path: Path, default: Any) -> Any:
-    """The JSON in `path`, `default` when the file is missing; CheckpointError when it is corrupt."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return default
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err})") from err
-
-
-def _read_history(path: Path) -> tuple[list[dict[str, Any]] | None, int]:
-    """The per-epoch dicts of history.jsonl and how many lines could not be read."""
-    if not path.is_file():
-        return None, 0
-    rows, skipped = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a killed run: keep the rest
-            skipped += 1
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            skipped += 1
-    return rows, skipped
-
-
 def _figure_key(path: Path) -> tuple[int, str]:
     stem = path.stem
     rank = PREFERRED_FIGURES.index(stem) if stem in PREFERRED_FIGURES else len(PREFERRED_FIGURES)
@@ -125,23 +96,19 @@ def _figure_key(path: Path) -> tuple[int, str]:
 
 
 def _read_run(run_dir: str | Path) -> _Run:
-    """Read a run folder; CheckpointError when it is missing or has no config.json."""
+    """Read a run folder; CheckpointError when it is missing, has no config.json or holds a corrupt file."""
     path = Path(run_dir)
-    config = _read_json(path / "config.json", None) if path.is_dir() else None
-    if not isinstance(config, dict):
+    if not path.is_dir() or not (path / "config.json").exists() and not (path / "config.json").is_symlink():
         raise CheckpointError(f"{path} is not an aelab run folder (no config.json)")
-    metrics = _read_json(path / "metrics.json", {})
-    if not isinstance(metrics, dict):
-        kind = type(metrics).__name__
-        raise CheckpointError(f"{path / 'metrics.json'} must hold a JSON object, not a {kind}")
-    metrics = dict(metrics)
+    config = read_json(path / "config.json")
+    metrics = dict(read_json(path / "metrics.json", default={}))
     meta = metrics.pop("meta", None)
     meta = dict(meta) if isinstance(meta, dict) else {}
     meta.setdefault("seed", config.get("seed"))
-    session = _read_json(path / "study.json", {})  # a study's wall time lives beside its metrics, not in them
-    if isinstance(session, dict) and "train_seconds" in session:
+    session = read_json(path / "study.json", default={})  # a study's wall time lives beside its metrics
+    if _is_number(session.get("train_seconds")):
         meta.setdefault("train_seconds", round(float(session["train_seconds"]), 1))
-    history, skipped = _read_history(path / "history.jsonl")
+    history, skipped = read_jsonl(path / "history.jsonl")
     figures_dir = path / "figures"
     figures = [p for p in figures_dir.glob("*") if p.suffix.lower() in _FIGURE_TYPES and p.is_file()]
     return _Run(path, config, metrics, meta, history, skipped, sorted(figures, key=_figure_key))

@@ -36,6 +36,7 @@ from ..atomic import atomic_write_text
 from ..config import apply_overrides, from_dict, make_config, to_dict, _flatten
 from ..engine import TrainingInterrupted
 from ..errors import AelabError, CheckpointError, ConfigError
+from ..readers import check_kind, read_json
 from ..report import write_report
 from ..runs import claim_run_dir, git_commit
 from .base import Results, Study, StudyConfig, clear_cache, get_study, usable_cores
@@ -187,17 +188,49 @@ def _warn_if_code_changed(path: Path, cfg: StudyConfig) -> None:
 
 
 def read_study_config(path: Path) -> tuple[str, dict[str, Any]]:
-    """(study name, the stored flat config) of a study folder."""
-    try:
-        doc = json.loads((Path(path) / "config.json").read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is not a study folder (no config.json)") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}/config.json is not valid JSON: {e}") from None
+    """(study name, the stored flat config) of a study folder, with its study.json and cells/ checked:
+    a corrupt one is one line naming the file, before anything runs or is written."""
+    path = Path(path)
+    if not path.is_dir() or not (path / "config.json").exists() and not (path / "config.json").is_symlink():
+        raise CheckpointError(f"{path} is not a study folder (no config.json)")
+    doc = read_json(path / "config.json")
     if "study" not in doc:
         raise CheckpointError(f"{path} is a training run, not a study; use aelab train --resume {path}")
     name = doc.pop("study")
-    return name, dict(_flatten(doc))
+    flat = dict(_flatten(doc))
+    try:
+        config_from_doc(get_study(check_kind(name, str, f"{path / 'config.json'}[study]")), flat)
+    except ConfigError as e:
+        raise CheckpointError(f"{path / 'config.json'}: {e}") from None
+    read_session(path)
+    cells = path / "cells"
+    if (cells.exists() or cells.is_symlink()) and not cells.is_dir():
+        raise CheckpointError(f"{cells} is not a folder: restore the study's cells folder (or move it away "
+                              "to run every cell again)")
+    # a corrupt cell file is run again and rewritten; a folder in its place could not be rewritten
+    stray = next((p for p in cells.glob("*") if p.is_dir()), None) if cells.is_dir() else None
+    if stray is not None:
+        raise CheckpointError(f"{stray} is a folder where a cell file belongs: move it away (the cell then runs again)")
+    return name, flat
+
+
+def read_session(path: Path) -> dict[str, Any]:
+    """study.json: the commit the study started at and one entry per session; a new one when missing."""
+    doc = read_json(Path(path) / "study.json", default=None)
+    if doc is None:
+        return {"git_commit": git_commit(), "sessions": []}
+    sessions = doc.get("sessions", [])
+    if not isinstance(sessions, list) or not all(
+            isinstance(x, dict) and isinstance(x.get("wall_seconds", 0), (int, float)) for x in sessions):
+        raise CheckpointError(f"{Path(path) / 'study.json'}: `sessions` must be a list of sessions; restore the "
+                              "file (or delete it: the commit and wall times are then lost)")
+    return {**doc, "sessions": sessions}
+
+
+def _unreadable(store: CellStore, grid: list, rows: dict) -> list[str]:
+    """Keys of the cells whose stored record exists but cannot be trusted (corrupt, cut short, another
+    config): they run again, and the user is told so."""
+    return [c.key for c in grid if c.key not in rows and (store.dir / f"{c.key}.json").exists()]
 
 
 def study_status(path: str | Path) -> dict[str, Any]:
@@ -216,7 +249,9 @@ def study_status(path: str | Path) -> dict[str, Any]:
             kind = c.arm.split(":")[0]
             by_arm[kind] = by_arm.get(kind, 0.0) + loaded[c.key][1]["seconds"]
     failed = {k: v["error"] for k, v in store.failures().items() if not loaded.get(k)}
+    rows = {k: v for k, v in loaded.items() if v}
     return {"study": name, "cells": len(grid), "done": len(seconds), "failed": failed,
+            "unreadable": _unreadable(store, grid, rows),
             "remaining": len(grid) - len(seconds), "finished": (path / "metrics.json").exists(),
             "seconds_per_cell": sum(seconds) / len(seconds) if seconds else math.nan,
             "cell_seconds": sum(seconds), "seconds_by_arm": by_arm}
@@ -235,6 +270,9 @@ def _execute(study: Study, cfg: StudyConfig, path: Path) -> Path:
     store = CellStore(path, _sha(doc))
     store.sweep()
     rows = {c.key: rec[0] for c in grid if (rec := store.load(c.key))}
+    for key in _unreadable(store, grid, rows):
+        print(f"cell {key}: its stored record cannot be used (corrupt, cut short or of another config); "
+              "it will run again", file=sys.stderr, flush=True)
     needs = {c.key: [d.key for d in study.needs(cfg, c)] for c in grid}
     t0, started = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S")
     ex, workers = _executor(cfg, sum(k not in rows for k in keys))
@@ -353,10 +391,7 @@ def _write_session(path: Path, doc: dict) -> None:
 
 def _log_session(path: Path, started: str, t0: float, workers: int, executor: str) -> None:
     """study.json: one entry per session (start, wall seconds, workers); train_seconds sums them."""
-    try:
-        doc = json.loads((path / "study.json").read_text())
-    except (OSError, ValueError):
-        doc = {"git_commit": git_commit(), "sessions": []}
+    doc = read_session(path)
     doc["sessions"].append({"started": started, "wall_seconds": time.perf_counter() - t0,
                             "workers": workers, "executor": executor, "git_commit": code_version()["git_commit"]})
     doc["train_seconds"] = sum(s["wall_seconds"] for s in doc["sessions"])

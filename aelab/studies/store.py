@@ -85,9 +85,12 @@ class CellStore:
             row = {**doc["cell"], **doc["result"]}
             if doc["arrays"]:
                 row |= self._arrays(doc["arrays"])
-        except (OSError, ValueError, KeyError, TypeError):
+            seconds = doc.get("seconds", math.nan)
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+                return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return None
-        return row, {"seconds": doc.get("seconds", math.nan)}
+        return row, {"seconds": seconds}
 
     def _arrays(self, ref: dict) -> dict[str, np.ndarray]:
         from safetensors.numpy import load
@@ -102,9 +105,10 @@ class CellStore:
         for f in sorted(self.dir.glob("*.failed.json")):
             try:
                 doc = json.loads(f.read_text())
-                out[doc["key"]] = doc
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, RecursionError):
                 continue
+            if isinstance(doc, dict) and isinstance(doc.get("key"), str) and isinstance(doc.get("error"), str):
+                out[doc["key"]] = doc
         return out
 
     def provenance(self) -> dict[str, dict[str, str]]:
