@@ -104,3 +104,15 @@ class Curve:
         """The cell's `curve`, `status` and, when a detector fired, why (`collapse`)."""
         out = {"curve": self.array(), "status": cell_status(self.array(), self.higher, collapse)}
         return out | ({"collapse": collapse} if collapse else {})
+
+
+def kl_per_dim(vae, data) -> np.ndarray:
+    """Mean KL(q(z|x) || N(0, I)) of each latent dimension over `data` (nats): the VAE collapse input."""
+    import torch
+
+    with torch.inference_mode():
+        was = vae.training
+        vae.eval()
+        mu, logvar = vae.posterior(data.batch(slice(0, len(data)))["x"])
+        vae.train(was)
+    return (0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)).mean(0).cpu().numpy()

@@ -211,10 +211,9 @@ class HashingStudy(Study):
             # share of code units within 0.1 of 0 or 1 after the logistic: how cleanly the method made bits
             extra = {"saturation": float((np.abs(code_inputs(model, others[0])) > np.log(9.0)).mean())}
         elif cell.arm == "cnn":
-            cnn = train_classifier(tr, ds.shape, max(ds.num_classes, int(ds.y_train.max()) + 1), cfg.train,
-                                   cfg.cnn_epochs, cell.seed, cell.n, "sigmoid")
+            cnn, extra = train_classifier(tr, ds.shape, max(ds.num_classes, int(ds.y_train.max()) + 1), cfg.train,
+                                          cfg.cnn_steps, cell.seed, cell.n, "sigmoid", cfg.budget)
             codes = {"cnn": [apply_batched(cnn.features, images(d)).numpy() > 0.5 for d in proto.splits]}
-            extra = {}
         else:
             codes, extra = {cell.arm: pixel_codes(cell.arm, tr, others, cell.n, cell.seed)}, {}
         out: dict = {"codes": {name: proto.measure(*c) for name, c in codes.items()}, **extra}
