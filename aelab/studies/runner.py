@@ -299,6 +299,8 @@ class _Progress:
         left = (self.total - self.done) * (sum(self.seconds) / len(self.seconds)) / self.workers
         line = (f"[{self.done}/{self.total}] {o.key}  {o.seconds:.1f} s{shown}" if o.ok
                 else f"[failed] {o.key}: {o.error}") + f"  (ETA {left / 60:.1f} min)"
+        if o.ok and (o.row or {}).get("status") == "collapsed":  # say so as it finishes, not in the report only
+            line += f"\nwarning: {o.key} collapsed ({o.row.get('collapse', 'see its cell')}): its output carries no information"
         if self.bar is not None:
             self.bar.update(int(o.ok))
             tqdm.write(line, file=sys.stderr)

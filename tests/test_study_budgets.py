@@ -1,0 +1,68 @@
+"""Budgets in steps and the convergence statuses, through real study runs on tiny data (issue 20)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from test_cli import run_cli
+from aelab.config import TrainConfig
+from aelab.data.device import to_device
+from aelab.errors import ConfigError
+from aelab.studies import run_study
+from aelab.studies.hashing import HashingConfig, ae_codes, status, train_ae
+
+FEATURES = ["workers=1", "seeds=1", "models=['dense']", "units=2", "top=2"]
+
+
+def test_a_short_budget_is_still_improving_and_a_normal_one_converged(tmp_path, blobs_npz):
+    for steps, want in ((4, "still improving"), (300, "converged")):
+        path = run_study("features", overrides=[*FEATURES, f"data={blobs_npz}", f"steps={steps}",
+                                                f"out_dir={tmp_path}", f"name=s{steps}"])
+        m = json.loads((path / "metrics.json").read_text())
+        assert m["status"] == {"dense": {want: 1}}
+        cell = json.loads((path / "cells" / "dense.seed0.json").read_text())
+        assert cell["result"]["status"] == want
+
+
+def test_the_budget_multiplier_scales_every_arms_steps(tmp_path, blobs_npz):
+    path = run_study("features", overrides=[*FEATURES, f"data={blobs_npz}", "steps=40", "budget=0.25",
+                                            f"out_dir={tmp_path}"])
+    from safetensors.numpy import load_file
+    curve = load_file(path / "cells" / "dense.seed0.safetensors")["curve"]
+    assert curve[-1, 0] == 10  # 40 steps x 0.25; the curve's last point is the last step
+
+
+def test_hash_codes_that_collapse_give_collapsed(blobs):
+    splits = to_device(blobs, "cpu", 0.0, 0)
+    cfg = HashingConfig(hidden=(32,), steps=21, train=TrainConfig(batch_size=32, lr=1.0, progress="off"))
+    model, curve = train_ae(cfg, blobs.shape, "hash-ste", 8, {}, splits.train, 0)  # a rate far too high
+    got = status(curve, ae_codes(model, splits.train, [], 8, 0)[""][0])
+    assert got["status"] == "collapsed" and got["collapse"] == "1 distinct codes for 240 images"
+
+
+def test_a_collapsed_cell_prints_a_warning(capsys):
+    from aelab.studies.executors import Outcome
+    from aelab.studies.runner import _Progress
+
+    progress = _Progress(2, 0, 1)
+    progress.bar = None
+    row = {"status": "collapsed", "collapse": "1 distinct codes for 240 images"}
+    progress.cell(Outcome("hash-ste.n8.seed0", True, 1.0, row=row), "map")
+    progress.cell(Outcome("itq.n8.seed0", True, 1.0, row={"status": "converged"}), "map")
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "warning: hash-ste.n8.seed0 collapsed (1 distinct codes" in err
+
+
+@pytest.mark.parametrize("bad, match", [("budget=0", "budget=0"), ("budget=-1.5", "budget=-1.5"),
+                                        ("steps=0", "steps=0"), ("clf_steps=0", "clf_steps=0")])
+def test_a_bad_budget_is_one_line_exit_2_and_writes_nothing(tmp_path, blobs_npz, monkeypatch, capsys, bad, match):
+    study = "few-label" if bad.startswith("clf") else "features"
+    with pytest.raises(ConfigError, match=match):
+        run_study(study, overrides=["workers=1", f"data={blobs_npz}", f"out_dir={tmp_path / 'runs'}", bad])
+    code, _, err = run_cli(monkeypatch, capsys, "study", study, f"data={blobs_npz}", f"out_dir={tmp_path / 'runs'}", bad)
+    err = err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and match in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # nothing written
