@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import stats
+from ..convergence import count_statuses, qualify
 from ..report import plots
 
 # metric -> whether higher is better (probe_score: lower = less of the input kept, what the seed wants)
@@ -85,7 +86,7 @@ def _figures(records: dict, shown: list[dict], lambdas: list[float], fig_dir: Pa
     if not shown:
         return
     for term in ("ce", "R", "test_acc"):
-        ys = {r["arm"]: (np.array([c[term] for c in r["curve"]]), None) for r in shown if r["curve"]}
+        ys = {r["arm"]: (np.array([c[term] for c in r["train_curve"]]), None) for r in shown if r["train_curve"]}
         x = np.arange(1, len(next(iter(ys.values()))[0]) + 1)
         plots.save(plots.metric_vs(x, ys, "epoch", term, f"{term} over training (first seed, largest N)"),
                    fig_dir / f"curve_{term}.png")
@@ -121,12 +122,14 @@ def report(cfg, results, out: Path) -> dict:
         key = f"N={rows.where(arm='plain').rows[0]['n_train']}"
         records[key] = {a: [{m: r[m] for m in r if m in HIGHER or m.startswith("ref_")}
                             for r in sorted(rows.where(arm=a), key=lambda r: r["seed"])] for a in arms(cfg)}
-    metrics: dict = {"verdict": {}}
-    for key, by_arm in records.items():
+    metrics: dict = {"verdict": {}, "status": count_statuses(results)}
+    for n, (key, by_arm) in zip(results.where(arm="plain").values("n"), records.items()):
         per = _per_size(by_arm)
-        per["verdict"] = metrics["verdict"][key] = _sentence(key, per, abs(lam))
+        arms_named = ("plain", f"lam={abs(lam):+g}", f"lam={-abs(lam):+g}")
+        per["verdict"] = metrics["verdict"][key] = qualify(_sentence(key, per, abs(lam)), arms_named,
+                                                           count_statuses(results.where(n=n)))
         metrics[key] = per
     metrics["tuning"] = _tuning(cfg, results)
-    shown = [r for r in results if "curve" in r]
+    shown = [r for r in results if "train_curve" in r]
     _figures(records, shown, sorted(cfg.lambdas), Path(out) / "figures")
     return metrics
