@@ -66,3 +66,36 @@ def test_a_bad_budget_is_one_line_exit_2_and_writes_nothing(tmp_path, blobs_npz,
     assert code == 2
     assert len(err.splitlines()) == 1 and match in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_plan_prints_each_arms_steps_and_an_estimate_and_writes_nothing(tmp_path, blobs_npz, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    code, out, err = run_cli(monkeypatch, capsys, "study", "features", f"data={blobs_npz}", f"out_dir={runs}",
+                             "models=['dense','conv']", "steps=40", "budget=0.5", "seeds=2", "workers=1", "--plan")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("plan: study features, 4 cells, budget x0.5, 1 workers")
+    for arm in ("dense", "conv"):
+        row = next(line for line in lines if line.split()[0] == arm)
+        assert "2 cells  20 steps at batch 128" in row and "ms/step" in row
+    wall = float(lines[-1].split("estimated wall time: ")[1].split()[0])
+    assert lines[-1].startswith("estimated wall time:") and wall >= 0
+    assert not runs.exists()  # a plan writes nothing
+
+
+def test_plan_without_the_data_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "study", "features", f"data=npz:{tmp_path / 'none.npz'}",
+                             f"out_dir={tmp_path / 'runs'}", "--plan")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_status_estimates_the_cells_left(tmp_path, blobs_npz, monkeypatch, capsys):
+    path = run_study("features", overrides=[*FEATURES, f"data={blobs_npz}", "steps=20", "seeds=2",
+                                            f"out_dir={tmp_path}"])
+    (path / "metrics.json").unlink()
+    (path / "cells" / "dense.seed1.json").unlink()  # as if the study had stopped before its last cell
+    code, out, err = run_cli(monkeypatch, capsys, "study", "--status", str(path))
+    assert code == 0, err
+    assert "1 of 2 cells done" in out and "1 remaining" in out
+    assert "left: study features, 1 cells" in out and "dense" in out and "estimated wall time" in out
