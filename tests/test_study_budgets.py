@@ -99,3 +99,34 @@ def test_status_estimates_the_cells_left(tmp_path, blobs_npz, monkeypatch, capsy
     assert code == 0, err
     assert "1 of 2 cells done" in out and "1 remaining" in out
     assert "left: study features, 1 cells" in out and "dense" in out and "estimated wall time" in out
+
+
+def test_the_study_report_leads_with_the_answer(tmp_path, blobs_npz):
+    """Verdicts, the main table with statuses and the curves first; then figures; then metrics and config."""
+    path = run_study("features", overrides=[*FEATURES, f"data={blobs_npz}", "steps=30", "seeds=2",
+                                            "models=['dense','sparse']", f"out_dir={tmp_path}"])
+    m = json.loads((path / "metrics.json").read_text())
+    html = (path / "report.html").read_text()
+    marks = ["<h2>Answer</h2>", m["sparse_vs_dense_near_zero"]["verdict"].split(" [")[0][:30], 'id="curves"',
+             "<h2>Figures</h2>", 'id="weights_dense"', "<h2>Metrics</h2>", "<h2>Config</h2>"]
+    where = [html.find(x) for x in marks]
+    assert -1 not in where and where == sorted(where), dict(zip(marks, where))
+    table = m["answer"]["table"]["dense"]["all"]  # near_zero: a fraction, so its interval stays in [0, 1]
+    assert 0 <= table["ci95"][0] <= table["mean"] <= table["ci95"][1] <= 1 and "clipped" in m["answer"]["interval"]
+    assert m["answer"]["status"]["dense"].endswith(("converged", "still improving"))
+
+
+def test_study_report_modules_never_import_their_study():
+    """A report module takes the study's results and config; the study imports it, never the reverse
+    (aelab.studies imports every study, so this reads the sources rather than sys.modules)."""
+    import ast
+    from pathlib import Path
+
+    import aelab.studies
+
+    folder = Path(aelab.studies.__file__).parent
+    for study, report in [("hashing", "hashing_report"), ("memorization", "memorization_report"),
+                          ("semi", "semi_report"), ("generation", "generation_figures")]:
+        tree = ast.parse((folder / f"{report}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
+        assert study not in imported, f"{report} imports .{study}"

@@ -44,7 +44,7 @@ from .base import Cell, CellContext, Results, Study, StudyConfig, register_study
 from .budget import ArmBudget, Curve, check_steps, model_probe, probe_rows, train_cfg
 from .hashing_baselines import ITQ, LSH, SpectralHashing
 from .hashing_classifier import apply_batched, images, train_classifier
-from .hashing_report import metrics, neighbour_images
+from .hashing_report import chosen, metrics, neighbour_images, settings  # noqa: F401 (re-exported)
 
 AE_METHODS = ("semhash", "hash-ste", "hash-bihalf", "hash-sgh")
 PIXEL_BASELINES = ("itq", "lsh", "sh")  # PCA-ITQ, LSH, spectral hashing: fitted on the pixels
@@ -98,13 +98,6 @@ class HashingConfig(StudyConfig):
             raise ConfigError("the tune_* grids must be non-empty and >= 0, val_fraction in (0, 1)")
 
 
-def settings(cfg: HashingConfig, method: str) -> list[dict]:
-    """The method's candidate model fields, from its grid."""
-    key, grid = {"semhash": (("noise_std",), cfg.tune_noise), "hash-ste": (("balance", "decorrelate"), cfg.tune_ste),
-                 "hash-bihalf": (("gamma",), cfg.tune_gamma), "hash-sgh": (("balance",), cfg.tune_sgh)}[method]
-    return [{k: v for k in key} for v in grid]
-
-
 def build_ae(cfg: HashingConfig, shape, method: str, bits: int, setting: dict):
     mcfg = get_model_class(method).Config(name=method, latent_dim=bits, hidden=tuple(cfg.hidden), **setting)
     return build_model(mcfg, shape)
@@ -153,19 +146,6 @@ def pixel_codes(method: str, fit_part: DeviceData, others: list[DeviceData], bit
 @dataclass(frozen=True)
 class TuneCell(Cell):
     point: int = 0  # index into settings(cfg, method)
-
-
-def chosen(cfg: HashingConfig, deps: dict) -> tuple[str, dict]:
-    """(best AE code, {method: setting}) from the tune cells' validation mAPs."""
-    best: dict[str, tuple[float, str, dict]] = {}
-    for row in deps.values():
-        method = row["arm"].removeprefix("tune:")
-        for suffix in ("", "+rot"):
-            v = row["map" + suffix.replace("+", "_")]
-            if v > best.get(method, (-1.0,))[0]:
-                best[method] = (v, method + suffix, settings(cfg, method)[row["point"]])
-    top = max(best.values(), key=lambda t: t[0])
-    return top[1], {m: s for m, (_, _, s) in best.items()}
 
 
 class Protocols:

@@ -1,4 +1,5 @@
-"""The hashing study's summaries (from the per-seed measurements) and its neighbours pages."""
+"""The hashing study's summaries (from the per-seed measurements) and its neighbours pages; the tuning
+grid and choice both the study and its summary read (this module never imports the study's)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,26 @@ from .. import stats
 from ..convergence import count_statuses, qualify
 from ..report import plots
 from ..retrieval import nearest
+
+
+def settings(cfg, method: str) -> list[dict]:
+    """The method's candidate model fields, from its grid."""
+    key, grid = {"semhash": (("noise_std",), cfg.tune_noise), "hash-ste": (("balance", "decorrelate"), cfg.tune_ste),
+                 "hash-bihalf": (("gamma",), cfg.tune_gamma), "hash-sgh": (("balance",), cfg.tune_sgh)}[method]
+    return [{k: v for k in key} for v in grid]
+
+
+def chosen(cfg, deps: dict) -> tuple[str, dict]:
+    """(best AE code, {method: setting}) from the tune cells' validation mAPs."""
+    best: dict[str, tuple[float, str, dict]] = {}
+    for row in deps.values():
+        method = row["arm"].removeprefix("tune:")
+        for suffix in ("", "+rot"):
+            v = row["map" + suffix.replace("+", "_")]
+            if v > best.get(method, (-1.0,))[0]:
+                best[method] = (v, method + suffix, settings(cfg, method)[row["point"]])
+    top = max(best.values(), key=lambda t: t[0])
+    return top[1], {m: s for m, (_, _, s) in best.items()}
 
 
 def neighbour_images(tr_bits, te_bits, x_tr: torch.Tensor, x_te: torch.Tensor, cfg) -> np.ndarray:
@@ -79,8 +100,6 @@ def collect(cfg, results) -> dict:
 def tuning(cfg, results) -> dict:
     """The validation record: every setting's mAP (own bits and rotated), each method's setting, the
     best AE code."""
-    from .hashing import chosen, settings
-
     rows = {f"{r['arm']}.{r['point']}": r for r in results if r["arm"].startswith("tune:")}
     best, setting = chosen(cfg, rows)
     val = {}

@@ -31,7 +31,7 @@ from . import memorization_measures as ms
 from ..convergence import classifier_collapse
 from .base import Cell, CellContext, Results, Study, StudyConfig, dataset_of, register_study, seeds_of
 from .budget import ArmBudget, Curve, check_steps, probe_rows, train_cfg
-from .memorization_report import report
+from .memorization_report import TUNED, arms, grid, report  # noqa: F401 (re-exported)
 
 QUICK = dict(seeds=3, sizes=(1000, 5000), lambdas=(-3.0, 0.0, 3.0), bounded=("hinge",), budget=0.8,
              tune_wd=(0.05,), tune_dropout=(0.3,), tune_vib=(1e-3,))
@@ -70,29 +70,6 @@ class MemorizationConfig(StudyConfig):
         if not set(self.bounded) <= {"hinge", "reversal", "layernorm"} or not 0 < self.noise_fraction < 1:
             raise ConfigError("bounded must be from hinge, reversal, layernorm; noise_fraction in (0, 1)")
         self.model.check()
-
-
-def arms(cfg: MemorizationConfig) -> dict[str, dict]:
-    """Arm name -> model-config overrides; 'plain' (lam = 0) is the reference; the tuned baselines'
-    overrides come from their tuning cells (`TUNED`)."""
-    out: dict[str, dict] = {}
-    for lam in sorted(cfg.lambdas):
-        name = "plain" if lam == 0 else f"lam={lam:+g}"
-        out[name] = {"lam": abs(lam), "mode": "plus" if lam < 0 else "minus"}
-    top = max(cfg.lambdas)
-    for form in cfg.bounded if top > 0 else ():
-        out[f"{form} lam={top:g}"] = ({"lam": top, "layernorm": True} if form == "layernorm"
-                                      else {"lam": top, "mode": form})
-    return out | {name: {} for name in TUNED}
-
-
-TUNED = {"weight decay": ("weight_decay", "tune_wd"), "dropout": ("dropout", "tune_dropout"),
-         "vib": ("vib_beta", "tune_vib")}  # baseline -> (its override, the config field of its grid)
-
-
-def grid(cfg: MemorizationConfig, baseline: str) -> list[dict]:
-    key, field_name = TUNED[baseline]
-    return [{key: v} for v in getattr(cfg, field_name)]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,29 @@ NAMES = {"test_acc": "test accuracy", "mia_adv": "membership-inference advantage
          "gap_acc": "accuracy gap"}
 
 
+def arms(cfg) -> dict[str, dict]:
+    """Arm name -> model-config overrides; 'plain' (lam = 0) is the reference; the tuned baselines'
+    overrides come from their tuning cells (`TUNED`)."""
+    out: dict[str, dict] = {}
+    for lam in sorted(cfg.lambdas):
+        name = "plain" if lam == 0 else f"lam={lam:+g}"
+        out[name] = {"lam": abs(lam), "mode": "plus" if lam < 0 else "minus"}
+    top = max(cfg.lambdas)
+    for form in cfg.bounded if top > 0 else ():
+        out[f"{form} lam={top:g}"] = ({"lam": top, "layernorm": True} if form == "layernorm"
+                                      else {"lam": top, "mode": form})
+    return out | {name: {} for name in TUNED}
+
+
+TUNED = {"weight decay": ("weight_decay", "tune_wd"), "dropout": ("dropout", "tune_dropout"),
+         "vib": ("vib_beta", "tune_vib")}  # baseline -> (its override, the config field of its grid)
+
+
+def grid(cfg, baseline: str) -> list[dict]:
+    key, field_name = TUNED[baseline]
+    return [{key: v} for v in getattr(cfg, field_name)]
+
+
 def _column(runs: list[dict], metric: str) -> list[float]:
     return [r[metric] for r in runs]
 
@@ -99,8 +122,6 @@ def _figures(records: dict, shown: list[dict], lambdas: list[float], fig_dir: Pa
 
 def _tuning(cfg, results) -> dict:
     """Per N and baseline: its grid, each point's validation accuracy and the point chosen."""
-    from .memorization import TUNED, grid
-
     out: dict = {}
     for row in results.where(arm="plain", seed=cfg.seed):
         key = f"N={row['n_train']}"
@@ -113,8 +134,6 @@ def _tuning(cfg, results) -> dict:
 
 def report(cfg, results, out: Path) -> dict:
     """The study's metrics from its stored cells (the runner writes them); figures under out/figures."""
-    from .memorization import arms
-
     lam = cfg.headline_lambda if cfg.headline_lambda in cfg.lambdas else max(cfg.lambdas)
     records: dict = {}
     for n in results.where(arm="plain").values("n"):

@@ -254,6 +254,9 @@ def _executor(cfg: StudyConfig, todo: int):
 def _summarize(study: Study, cfg: StudyConfig, path: Path, results: Results, cells: int,
                tracker: tracking.Tracker) -> Path:
     metrics = study.summarize(cfg, results, path)
+    from .lead import answer  # the report's lead: the main table with statuses, every arm's curves
+
+    metrics["answer"] = answer(study.headline, results, path)
     session = json.loads((path / "study.json").read_text())
     metrics["meta"] = {"study": study.study_name, "seed": cfg.seed, "seeds": cfg.seeds, "cells": cells,
                        "aelab_version": __version__, "git_commit": session.get("git_commit", "unknown"),

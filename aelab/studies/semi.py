@@ -43,6 +43,7 @@ from ..models.sen import SENConfig
 from ..models.vae import VAEConfig
 from . import semi_arms as arms
 from . import semi_report
+from .semi_report import tune_cells, tuned  # noqa: F401 (re-exported)
 from .budget import ArmBudget, check_steps
 from .base import (Cell, CellContext, Results, Study, StudyConfig, dataset_of, load_state_arrays, register_study,
                    seeds_of, state_arrays)
@@ -241,18 +242,6 @@ class SemiStudy(Study):
 
     def summarize(self, cfg: SemiStudyConfig, results: Results, out) -> dict:
         return semi_report.summarize(cfg, results, out)
-
-
-def tune_cells(cfg: SemiStudyConfig, n: int) -> list[Cell]:
-    """The supervised baseline's tuning cells at label count `n`: every setting, at the first seed."""
-    return [Cell(f"tune:supervised:{arch}:noise={noise:g}:lr={lr:g}", cfg.seed, n)
-            for arch in cfg.tune_arch for noise in cfg.tune_noise for lr in cfg.tune_lr]
-
-
-def tuned(arm: str) -> tuple[str, float, float]:
-    """(network, noise, learning rate) of a tuning cell's arm name."""
-    _, _, arch, noise, lr = arm.split(":")
-    return arch, float(noise.split("=")[1]), float(lr.split("=")[1])
 
 
 def best_setting(cfg: SemiStudyConfig, cell: Cell, ctx: CellContext) -> tuple[str, float, float]:

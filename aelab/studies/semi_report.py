@@ -17,7 +17,19 @@ from torch import nn
 from .. import stats
 from ..convergence import count_statuses, qualify
 from ..report import plots
-from .base import Results
+from .base import Cell, Results
+
+
+def tune_cells(cfg, n: int) -> list[Cell]:
+    """The supervised baseline's tuning cells at label count `n`: every setting, at the first seed."""
+    return [Cell(f"tune:supervised:{arch}:noise={noise:g}:lr={lr:g}", cfg.seed, n)
+            for arch in cfg.tune_arch for noise in cfg.tune_noise for lr in cfg.tune_lr]
+
+
+def tuned(arm: str) -> tuple[str, float, float]:
+    """(network, noise, learning rate) of a tuning cell's arm name."""
+    _, _, arch, noise, lr = arm.split(":")
+    return arch, float(noise.split("=")[1]), float(lr.split("=")[1])
 
 
 def quick_preset(cfg):
@@ -75,8 +87,6 @@ def _size(n: int) -> str:
 
 def _tuning(cfg, results: Results, sizes: list[int]) -> dict:
     """The supervised baseline's network and learning rate per label count: every candidate's validation accuracy."""
-    from .semi import tune_cells, tuned
-
     out = {}
     for n in sizes:
         tried = {c.arm: results.one(arm=c.arm, n=n)["val_acc"] for c in tune_cells(cfg, n)}
