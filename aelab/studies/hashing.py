@@ -184,7 +184,7 @@ class HashingStudy(Study):
             lambda shape: build_ae(cfg, shape, m, cfg.tune_bits, settings(cfg, m)[0]), tcfg)
         cnn = model_probe(lambda shape: SmallCNN(shape, 10, cfg.tune_bits, "sigmoid"),
                           train_cfg(cfg.train, cfg.cnn_steps, cfg.budget), labelled=True)
-        return [ArmBudget(m, cfg.steps, b, None, "chosen on validation (README, hashing)", (m, f"tune:{m}"), ae(m))
+        return [ArmBudget(m, cfg.steps, b, None, "none; short on purpose (README, hashing)", (m, f"tune:{m}"), ae(m))
                 for m in cfg.methods] + [ArmBudget("cnn", cfg.cnn_steps, b, None, "", probe=cnn)] + \
             [ArmBudget(p, 0, 0, None, "fitted, no steps") for p in PIXEL_BASELINES]
 

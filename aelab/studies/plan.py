@@ -110,3 +110,14 @@ def plan_text(p: dict[str, Any], title: str = "plan") -> str:
     lines.append(f"estimated wall time: {p['wall_seconds'] / 60:.1f} min ({p['cell_seconds'] / 60:.1f} cell-min over "
                  f"{p['workers']} workers; training and validation only)")
     return "\n".join(lines)
+
+
+def steps_table(name: str) -> str:
+    """The README's steps table of study `name` at its defaults: each arm's steps and batch, the paper's."""
+    cls = get_study(name)
+    cfg = cls.Config()
+    rows = ["| arm | steps here | batch | the paper's steps |", "|---|---|---|---|"]
+    for b in cls().budgets(cfg):
+        paper = f"{b.paper:,}" if b.paper else (b.paper_note or "—")
+        rows.append(f"| {b.arm} | {f'{b.steps:,}' if b.steps else '—'} | {b.batch or '—'} | {paper} |")
+    return "\n".join(rows)
