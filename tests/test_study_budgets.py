@@ -130,3 +130,14 @@ def test_study_report_modules_never_import_their_study():
         tree = ast.parse((folder / f"{report}.py").read_text())
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1}
         assert study not in imported, f"{report} imports .{study}"
+
+
+def test_a_budget_owns_its_arm_not_every_arm_sharing_its_prefix():
+    from aelab.studies.budget import ArmBudget
+    from aelab.studies.embedding import EmbeddingConfig, EmbeddingStudy
+
+    assert not ArmBudget("ae", 10, 8).owns("ae_2d") and ArmBudget("ae", 10, 8).owns("ae")
+    assert ArmBudget("sup", 10, 8, match=("tune:",)).owns("tune:sup:lr=0.1")
+    budgets = EmbeddingStudy().budgets(EmbeddingConfig())
+    owners = {arm: [b.arm for b in budgets if b.owns(arm)][0] for arm in ("ae", "ae_2d", "linear", "pixels")}
+    assert owners == {"ae": "ae", "ae_2d": "ae_2d", "linear": "linear", "pixels": "pixels"}

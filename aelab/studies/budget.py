@@ -38,7 +38,8 @@ class ArmBudget:
     probe: Callable[[Any], tuple[Any, Any, TrainConfig]] | None = None
 
     def owns(self, arm: str) -> bool:
-        return any(arm == m or arm.startswith(m) for m in (self.match or (self.arm,)))
+        """The arm's own cells: its name exactly, or any name starting with one of `match`."""
+        return arm == self.arm or any(arm.startswith(m) for m in self.match)
 
 
 def model_probe(build: Callable[[tuple], Any], tcfg: TrainConfig, labelled: bool = False):
