@@ -111,17 +111,20 @@ def _subset(train: DeviceData, n: int, seed: int) -> DeviceData:
     return train.subset(torch.randperm(len(train), generator=g)[:n].sort().values)
 
 
-def _reference_ae(cfg: MemorizationConfig, train: DeviceData, test: DeviceData, seed: int) -> float:
+def _reference_ae(cfg: MemorizationConfig, train: DeviceData, test: DeviceData, seed: int) -> dict:
     """The probe scale's 1: test error of a plain autoencoder with the same code size (aelab's conv AE,
     trained on every training image for `ref_steps_factor` x the steps) through its own decoder. Once
     per study: an AE fit to N=1000 images overfits, a poor unit. A learned decoder usually reads a
-    code better than the closed-form probe does, so the scores tend to err low."""
+    code better than the closed-form probe does, so the scores tend to err low. With its curve and status
+    (its loss on a fixed 1,000 of its training images)."""
     torch.manual_seed(seed)
     ae_cfg = ConvConfig(name="conv", latent_dim=cfg.model.latent_dim, recon=cfg.model.recon,
                         channels=cfg.model.channels)
     ae = build_model(ae_cfg, tuple(train.x.shape[1:]))
-    fit(ae, train, train_cfg(cfg.train, cfg.steps * cfg.ref_steps_factor, cfg.budget), seed=seed)
-    return ms.own_reconstruction_error(ae, test)
+    seen, curve = probe_rows(train), Curve("val.loss")
+    fit(ae, train, train_cfg(cfg.train, cfg.steps * cfg.ref_steps_factor, cfg.budget), val=seen, seed=seed,
+        on_eval=curve)
+    return {"ae_mse": ms.own_reconstruction_error(ae, test), **curve.result()}
 
 
 def _noise_run(cfg, over, sub: DeviceData, test: DeviceData, seed: int, classes: int) -> dict:
@@ -171,7 +174,7 @@ class Memorization(Study):
     def run_cell(self, cfg: MemorizationConfig, cell: Cell, ctx: CellContext) -> dict:
         splits = ctx.data(cfg)
         if cell.arm == "reference-ae":
-            return {"ae_mse": _reference_ae(cfg, splits.train, splits.test, cell.seed)}
+            return _reference_ae(cfg, splits.train, splits.test, cell.seed)
         if isinstance(cell, TuneCell):  # each baseline's grid, same size and budget, scored on validation
             model, _, status = _train(cfg, grid(cfg, cell.arm[5:])[cell.point],
                                       _subset(splits.train, cell.n, cell.seed), cell.seed, val=splits.val)
