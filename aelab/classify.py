@@ -13,7 +13,6 @@ Three routes share one class (seed 002, seed 004 Q2):
 from __future__ import annotations
 
 import copy
-import math
 from typing import Literal
 
 import torch
@@ -76,20 +75,13 @@ class Classifier(nn.Module):
 
 
 def train_classifier(ae: Autoencoder, labelled: DeviceData, mode: Mode, cfg: TrainConfig, *,
-                     num_classes: int = 10, min_steps: int = 0, seed: int = 0) -> Classifier:
-    """A `Classifier` of `ae` trained on `labelled` (all rows y >= 0) for `cfg.epochs`, or more epochs
-    when the set is so small that they would give fewer than `min_steps` optimiser steps."""
+                     num_classes: int = 10, seed: int = 0, **fit_kw) -> Classifier:
+    """A `Classifier` of `ae` trained on `labelled` (all rows y >= 0) for `cfg.steps` optimiser steps
+    (or `cfg.epochs` passes); `fit_kw` goes to `fit` (val, on_eval)."""
     torch.manual_seed(seed)  # the head's (and a scratch encoder's) initialisation
     clf = Classifier(ae, num_classes, mode)
-    fit(clf, labelled, with_min_steps(cfg, len(labelled), min_steps), seed=seed)
+    fit(clf, labelled, cfg, seed=seed, **fit_kw)
     return clf
-
-
-def with_min_steps(cfg: TrainConfig, n: int, min_steps: int) -> TrainConfig:
-    """A copy of `cfg` with enough epochs over `n` images for at least `min_steps` optimiser steps:
-    a small set (100 labelled images, 8x8 digits) needs many epochs, a large one `cfg.epochs`."""
-    per_epoch = max(1, n // min(cfg.batch_size, n))  # the engine drops the ragged last batch
-    return TrainConfig(**{**vars(cfg), "epochs": max(cfg.epochs, math.ceil(min_steps / per_epoch))})
 
 
 @torch.inference_mode()

@@ -103,13 +103,24 @@ def report(run_dirs: tuple[str, ...], index: str | None, as_markdown: bool, only
 @click.option("--force", is_flag=True, help="Overwrite an existing study folder of the same name.")
 @click.option("--resume", "resume_dir", type=click.Path(), help="Run the cells of a stopped study not stored yet.")
 @click.option("--status", "status_dir", type=click.Path(), help="Cells done, failed and remaining of a study.")
-def study(args: tuple[str, ...], list_: bool, force: bool, resume_dir: str | None, status_dir: str | None) -> None:
+@click.option("--plan", "plan", is_flag=True, help="Print the grid, each arm's steps and the estimated wall time; "
+              "run nothing.")
+def study(args: tuple[str, ...], list_: bool, force: bool, resume_dir: str | None, status_dir: str | None,
+          plan: bool) -> None:
     """Run a study: aelab study NAME [CONFIG.toml] [key=value ...]  (e.g. seeds=5 data=fashion-mnist workers=2)."""
     from .studies import resume_study, run_study, study_names, study_status
+    from .studies import plan as planner
     from .studies.base import describe
 
     if status_dir:
-        click.echo(_status_text(study_status(status_dir)))
+        s = study_status(status_dir)
+        click.echo(_status_text(s))
+        if s["remaining"]:  # the plan's timed estimate for what is left
+            click.echo(planner.plan_text(planner.left(status_dir), "left"))
+        return
+    if plan and args:
+        config_file, overrides = _split_args(args[1:])
+        click.echo(planner.plan_text(planner.plan_study(args[0], config_file, overrides)))
         return
     if resume_dir:  # overrides may change how cells run (workers=...), never what they compute
         path = resume_study(resume_dir, list(args))

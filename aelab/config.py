@@ -55,7 +55,10 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
+    epochs: int = 20  # passes over the training images (when steps is 0)
+    # > 0: exactly this many optimiser steps, whatever the data's size (as many passes as needed, the
+    # last one cut short; the LR schedule spans them); 0: `epochs` passes
+    steps: int = 0
     batch_size: int = 128
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = 3e-3  # peak learning rate (one-cycle warms up to it)
@@ -65,6 +68,8 @@ class TrainConfig:
     corrupt: Literal["none", "gaussian", "dropout", "saltpepper"] = "none"  # denoising input
     corrupt_level: float = 0.0  # sigma for gaussian, drop probability for dropout / saltpepper
     patience: int = 0  # early stopping: epochs without validation gain (0 = off)
+    # steps between validation evaluations (curve points; the final step is always one); 0 = each pass
+    eval_every: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: Literal["auto", "on", "off"] = "auto"  # torch.compile of the step, once per architecture: auto = CUDA
     # autocast: auto = CUDA (bf16, or fp16 + GradScaler before Ampere) and conv models on AMX CPUs;
@@ -77,6 +82,8 @@ class TrainConfig:
 
     def check(self) -> None:
         _require(self.epochs > 0, "train.epochs must be > 0")
+        _require(self.steps >= 0, "train.steps must be >= 0 (0 = train.epochs passes)")
+        _require(self.eval_every >= 0, "train.eval_every must be >= 0 (0 = evaluate after each pass)")
         _require(self.batch_size > 0, "train.batch_size must be > 0")
         _require(self.lr > 0, "train.lr must be > 0")
         _require(self.weight_decay >= 0, "train.weight_decay must be >= 0")

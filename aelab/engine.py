@@ -80,16 +80,20 @@ def _py(total: torch.Tensor, n: int) -> float | list[float]:
 def fit(model: torch.nn.Module, train: DeviceData, cfg: TrainConfig | None = None, *,
         val: DeviceData | None = None, seed: int = 0, augment: DataConfig | None = None,
         run_dir: str | Path | None = None, resume: bool = False, meta: dict | None = None,
-        on_epoch: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
+        on_epoch: Callable[[dict], None] | None = None,
+        on_eval: Callable[[dict], None] | None = None) -> list[dict[str, Any]]:
     """Train `model` on `train`; returns the per-epoch history. With `run_dir`, checkpoints every epoch
     (and on SIGINT/SIGTERM, mid-epoch), and `resume=True` continues exactly where it stopped.
+    `train.steps` > 0 trains exactly that many optimiser steps (the last pass cut short). At every
+    evaluation point (each pass, or every `train.eval_every` steps, and the final step) the point
+    `{"step", "epoch", val.*}` goes to `on_eval` (which may add keys) and then to the loop's `evals`.
     A `SeedStack` trains its own seeds (`seed` is then unused); its history holds per-seed lists."""
     cfg = cfg or TrainConfig()
     cfg.check()
     _check_shape(model, train)
     if hasattr(model, "check_train"):  # a model that cannot train under some options says so
         model.check_train(cfg)
-    loop = _Loop(model, train, cfg, val, seed, augment, run_dir, meta or {}, on_epoch)
+    loop = _Loop(model, train, cfg, val, seed, augment, run_dir, meta or {}, on_epoch, on_eval)
     if resume:
         loop.restore()
     return loop.run()
@@ -114,9 +118,9 @@ def _channels_last(model: torch.nn.Module) -> None:
 class _Loop:
     """The state of one `fit` call: the epoch loop, its checkpoints and its mid-epoch resume."""
 
-    def __init__(self, model, train, cfg, val, seed, augment, run_dir, meta, on_epoch):
+    def __init__(self, model, train, cfg, val, seed, augment, run_dir, meta, on_epoch, on_eval=None):
         self.model, self.train, self.cfg, self.val = model, train, cfg, val
-        self.run_dir, self.meta, self.on_epoch = run_dir, meta, on_epoch
+        self.run_dir, self.meta, self.on_epoch, self.on_eval = run_dir, meta, on_epoch, on_eval
         self.device = train.device
         model.to(self.device).train()
         if cfg.channels_last:
@@ -126,7 +130,8 @@ class _Loop:
         self.best_weights = None
         self.bsz = min(cfg.batch_size, len(train))
         self.per_epoch = len(train) // self.bsz  # drop the ragged last batch: static shapes for compile
-        self.total = cfg.epochs * self.per_epoch
+        self.total = cfg.steps or cfg.epochs * self.per_epoch  # the schedule spans exactly these steps
+        self.epochs = -(-self.total // self.per_epoch)  # passes: the last one cut short at `total`
         seeds = getattr(model, "seeds", None)  # a SeedStack's seeds; else this fit's one seed
         self.feed = Feed(train, cfg, augment, seeds or [seed], seeds is not None, self.bsz)
         self.partial: dict[str, torch.Tensor] = {}  # a mid-epoch checkpoint's loop tensors
@@ -147,10 +152,10 @@ class _Loop:
         if cfg.compile == "on" or (cfg.compile == "auto" and self.device.type == "cuda"):
             shape = self.feed.batch_shape()
             self.stepper.forward = compile_cache.compiled(self.model, shape, self.device, str(self.stepper.precision))
-        self.progress = Progress(cfg.progress, cfg.epochs, self.per_epoch, self.bsz)
+        self.progress = Progress(cfg.progress, self.epochs, self.per_epoch, self.bsz)
         try:
             with _Signals() as self.signals:
-                for epoch in range(self.state.epoch, cfg.epochs):
+                for epoch in range(self.state.epoch, self.epochs):
                     row = self._epoch(epoch)
                     self._end_epoch(epoch, row)
                     if self.state.stopped_early:
@@ -171,7 +176,8 @@ class _Loop:
         trace: list[torch.Tensor] = []  # each step's loss, stacked and read at the end: no sync
         t0 = time.perf_counter()
         self.progress.start_epoch(epoch)
-        for i in range(state.batch, self.per_epoch):
+        end = min(self.per_epoch, self.total - epoch * self.per_epoch)  # the last pass stops at `total`
+        for i in range(state.batch, end):
             self.stepper.set_lr(lr_at(self.cfg, state.step, self.total))
             out, ok = self.stepper(self.feed.batch(i), state.step, state)
             if ok:  # a skipped non-finite step (train.max_bad_steps) counts in no sum
@@ -186,15 +192,17 @@ class _Loop:
             self.progress.step(i, sums)
             if self._stop_requested():
                 self._interrupted(sums, trace)
+            if self.cfg.eval_every and state.step % self.cfg.eval_every == 0 and i + 1 < end:
+                self._eval_point(epoch, None)  # a mid-pass curve point (pass ends are handled below)
         sums = self.dist.mean(sums)
         where = _first_non_finite(trace, sums, first_step, epoch)
-        counted = max(self.per_epoch - state.epoch_skipped, 1)
+        counted = max(end - state.epoch_skipped, 1)
         if self.dist.any(where is not None, self.device) and not self.cfg.max_bad_steps:
             raise diverged(where or "on another process", {k: v / counted for k, v in sums.items()})
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "step": state.step, "lr": lr_at(self.cfg, state.step - 1, self.total)}
         row.update({f"train.{k}": _py(v, counted) for k, v in sums.items()})
-        row.update(time=seconds, samples_per_s=self.per_epoch * self.bsz / seconds, skipped=state.skipped)
+        row.update(time=seconds, samples_per_s=end * self.bsz / seconds, skipped=state.skipped)
         return row
 
     def _stop_requested(self) -> bool:
@@ -206,12 +214,27 @@ class _Loop:
         if self.val is not None:
             row.update({f"val.{k}": v for k, v in evaluate(self.model, self.val).items()})
             self.best_weights = _early_stop(self.model, self.cfg, self.state, row, self.best_weights)
+        every, step = self.cfg.eval_every, self.state.step
+        if not every or step % every == 0 or step >= self.total or self.state.stopped_early:
+            self._eval_point(epoch, row)
         self.state.history.append(row)
         self.state.epoch, self.state.batch, self.state.epoch_skipped = epoch + 1, 0, 0
         self.progress.end_epoch(row)
         self._save()
         if self.on_epoch:
             self.on_epoch(row)
+
+    def _eval_point(self, epoch: int, row: dict[str, Any] | None) -> None:
+        """A curve point at this step: the validation metrics (those of the pass's `row` at a pass end),
+        whatever `on_eval` adds; kept in the state, so a resumed run has the whole curve."""
+        point: dict[str, Any] = {"step": self.state.step, "epoch": epoch + (row is not None)}
+        if row is not None:
+            point.update({k: v for k, v in row.items() if k.startswith("val.")})
+        elif self.val is not None:
+            point.update({f"val.{k}": v for k, v in evaluate(self.model, self.val).items()})
+        if self.on_eval:
+            self.on_eval(point)
+        self.state.evals.append(point)
 
     def _save(self, loop_tensors: dict[str, torch.Tensor] | None = None) -> None:
         if self.path is not None and self.dist.is_main:  # rank 0 writes; the others only compute

@@ -36,6 +36,7 @@ class FitState:
     stopped_early: bool = False
     batch: int = 0  # batches done in the current epoch (a mid-epoch checkpoint resumes there)
     history: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)  # validation points: step, val.* (curve)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:

@@ -217,3 +217,40 @@ def test_compile_once_per_architecture_across_fits(blob_splits, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     compile_cache.clear()
     torch._dynamo.reset()
+
+
+def test_steps_train_exactly_that_many_updates_whatever_the_data_size(blob_splits):
+    """train.steps: the same updates on a small and a large set; the last pass is cut short."""
+    per_epoch = len(blob_splits.train) // 16
+    steps = 2 * per_epoch + 3  # two whole passes and three batches of a third
+    model = trained(blob_splits, steps=steps, epochs=1)
+    assert [r["step"] for r in model.history] == [per_epoch, 2 * per_epoch, steps]
+    small = blob_splits.train.subset(torch.arange(32))  # 2 batches a pass: many more passes, same steps
+    torch.manual_seed(0)
+    history = fit(build_model("conv", (1, 8, 8)), small, TrainConfig(**{**CFG, "steps": 9}), seed=0)
+    assert [r["step"] for r in history][-1] == 9 and len(history) == 5
+
+
+def test_eval_every_gives_curve_points_within_a_pass_and_at_the_last_step(blob_splits):
+    points = []
+    torch.manual_seed(0)
+    fit(build_model("conv", (1, 8, 8)), blob_splits.train,
+        TrainConfig(**{**CFG, "steps": 10, "eval_every": 4}), val=blob_splits.val, on_eval=points.append)
+    assert [p["step"] for p in points] == [4, 8, 10]
+    assert all(math.isfinite(p["val.loss"]) for p in points)
+
+
+def test_resume_keeps_the_curve_points(blob_splits, tmp_path):
+    cfg = TrainConfig(**{**CFG, "eval_every": 5})
+    torch.manual_seed(0)
+    model = build_model("conv", (1, 8, 8))
+    with pytest.raises(Crash):
+        fit(model, blob_splits.train, cfg, val=blob_splits.val, run_dir=tmp_path, on_epoch=crash_after(2))
+    points = []
+    torch.manual_seed(0)
+    fit(build_model("conv", (1, 8, 8)), blob_splits.train, cfg, val=blob_splits.val, run_dir=tmp_path,
+        resume=True, on_eval=points.append)
+    full = []
+    torch.manual_seed(0)
+    fit(build_model("conv", (1, 8, 8)), blob_splits.train, cfg, val=blob_splits.val, on_eval=full.append)
+    assert points == full[len(full) - len(points):] and len(points) < len(full)

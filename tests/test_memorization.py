@@ -177,6 +177,9 @@ def test_study_end_to_end_on_tiny_digits(tmp_path):
     assert "noise_memorised" not in metrics["N=300"]["arms"]["plain"]
     figures = {p.name for p in (path / "figures").iterdir()}
     assert {"probe_reconstructions.png", "test_acc_vs_lambda.png", "curve_R.png"} <= figures
+    # every training run (arms, tuning cells, the reference AE) stored its status
+    assert sum(metrics["status"]["plain"].values()) == 4 and sum(metrics["status"]["tune:vib"].values()) == 2
+    assert sum(metrics["status"]["reference-ae"].values()) == 1
 
 
 def test_probe_score_verdicts_say_higher_or_lower_not_better():

@@ -49,7 +49,7 @@ def test_labels_are_kept_per_seed_and_class_balanced():
 
 def test_bad_configs_are_one_line_errors(tmp_path):
     for bad, says in (("arms=['sen', 'ladder-full']", "supervised missing"), ("tune_arch=['cnn']", "tune_arch"), ("arms=['supervised', 'nope']", "nope"),
-                      ("labels=[105]", "labels=105"), ("data.val_fraction=0.0", "validation"), ("epochs.m2=0", "epochs.m2")):
+                      ("labels=[105]", "labels=105"), ("data.val_fraction=0.0", "validation"), ("steps.m2=0", "steps.m2")):
         with pytest.raises(ConfigError, match=says):
             run_study("semi", overrides=["data=digits", f"out_dir={tmp_path}", bad])
 
@@ -99,7 +99,11 @@ def test_quick_study_on_digits(tmp_path):
     cells = {p.stem: json.loads(p.read_text()) for p in (path / "cells").glob("*.json")}
     lr = m["tuning"]["100"]["chosen_lr"]
     sup = next(v for k, v in cells.items() if k.startswith("supervised.n100.seed0"))
-    assert sup["result"]["val_acc"] == max(sup["result"]["val_curve"])  # the best epoch was kept
+    from safetensors.numpy import load_file
+    curve = load_file(path / "cells" / sup["arrays"]["file"])["curve"]  # (points, 2): step, validation accuracy
+    assert sup["result"]["val_acc"] == curve[:, 1].max()  # the best point was kept
+    assert sup["result"]["best_step"] == curve[curve[:, 1].argmax(), 0] and curve[-1, 0] == 73  # 4.5% of 1,620
+    assert sum(m["status"]["ladder-full"].values()) == 2 and sup["result"]["status"] in m["status"]["supervised"]
     assert m["bar"]["best_arm"] == max((a for a in ARMS if a != "supervised"),
                                        key=lambda a: np.mean([v["result"]["val_acc"] for k, v in cells.items()
                                                               if k.startswith(f"{a}.n100.")]))

@@ -122,7 +122,7 @@ def test_bad_config_is_one_line():
 
 def test_study_end_to_end_on_digits(tmp_path):
     over = ["data=digits", "workers=1", f"out_dir={tmp_path}", "name=s", "seeds=2", "labels=[10, 20]", "n_train=160",
-            "train.epochs=2", "train.batch_size=32", "milestones=[1, 2]", "batch_sizes=[4, 32]", "bs_images=64",
+            "steps=10", "train.batch_size=32", "milestones=[1, 2]", "batch_sizes=[4, 32]", "bs_images=64",
             "model.channels=[8, 8, 8]", "model.hidden=16", "model.clf_batch=16", "model.pl_start=0"]
     path = run_study("sen", None, over)
     m = json.loads((path / "metrics.json").read_text())
@@ -139,6 +139,7 @@ def test_study_end_to_end_on_digits(tmp_path):
     assert bar["best_arm"] == best and bar["labels"] == 10
     assert bar["mean"] == pytest.approx(sum(r["test_acc"] for r in rows[best]) / 2)
     assert {"fd@4", "fd@32", "verdict"} <= set(m["batch_size"])
+    assert sum(m["status"]["sen+pl"].values()) == 4 and sum(m["status"]["pretrain-finetune"].values()) == 4
     figs = {p.name for p in (path / "figures").iterdir()}
     assert {"accuracy_vs_labels.png", "milestone_epoch1.png", "milestone_epoch2.png", "directed_grid.png",
             "latent_morph.gif", "batch_size.png"} <= figs

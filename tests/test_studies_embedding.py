@@ -37,8 +37,8 @@ def test_bad_perplexity_is_a_config_error(tmp_path):
 
 def test_embedding_study_end_to_end_on_digits(tmp_path):
     path = run_study("embedding", overrides=["workers=1", 
-        f"out_dir={tmp_path}", "seeds=2", "min_steps=0", "points=150", "perplexity=10",
-        "train.epochs=2", "linear_epochs=40", "train.device=cpu"])
+        f"out_dir={tmp_path}", "seeds=2", "steps=24", "points=150", "perplexity=10",
+        "linear_steps=480", "train.device=cpu"])
     m = json.loads((path / "metrics.json").read_text())
     for route in ("pca_pixels", "tsne_pixels", "ae_tsne", "ae_2d"):
         assert set(m[route]) == {"knn1", "knn5", "trust"} and m[route]["knn5"]["n"] == 2
@@ -48,3 +48,5 @@ def test_embedding_study_end_to_end_on_digits(tmp_path):
     # seed 002: a linear AE reconstructs about as well as PCA with as many components
     assert 0.9 < m["linear_vs_pca"]["ratio"]["mean"] < 1.25
     assert m["best_ae_route"] == "ae_tsne" and "bar" in m and (path / "report.html").exists()
+    # the three training arms stored a curve and a status per seed; the pixels arm trains nothing
+    assert {a: sum(c.values()) for a, c in m["status"].items()} == {"ae": 2, "ae_2d": 2, "linear": 2}

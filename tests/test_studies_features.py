@@ -40,7 +40,7 @@ def test_unknown_model_is_a_config_error(tmp_path):
 
 def test_features_study_end_to_end_on_digits(tmp_path):
     path = run_study("features", overrides=["workers=1", 
-        f"out_dir={tmp_path}", "seeds=2", "min_steps=0", "train.epochs=2", "train.device=cpu",
+        f"out_dir={tmp_path}", "seeds=2", "steps=24", "train.device=cpu",
         "models=['dense','sparse','conv']", "units=4"])
     m = json.loads((path / "metrics.json").read_text())
     for name in ("dense", "sparse", "conv"):
@@ -48,3 +48,7 @@ def test_features_study_end_to_end_on_digits(tmp_path):
         assert (path / "figures" / f"weights_{name}.png").exists()
         assert (path / "figures" / f"top_{name}.png").exists()
     assert "verdict" in m["sparse_vs_dense_near_zero"]
+    for name in ("dense", "sparse", "conv"):  # every cell stored its curve and status; the summary counts them
+        assert sum(m["status"][name].values()) == 2
+    cell = json.loads(next((path / "cells").glob("dense.seed0.json")).read_text())
+    assert cell["result"]["status"] in ("converged", "still improving")

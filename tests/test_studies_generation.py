@@ -50,7 +50,7 @@ FIGURES = ["samples_vae.png", "samples_ae_gauss.png", "real_test.png", "interpol
 
 def test_generation_study_end_to_end(tmp_path):
     path = run_study("generation", overrides=[
-        "data=digits", "seeds=2", "workers=1", "train.epochs=2", "cnn_epochs=2", "feat_dim=16", "latent_dim=4",
+        "data=digits", "seeds=2", "workers=1", "vae_steps=56", "cnn_steps=56", "feat_dim=16", "latent_dim=4",
         "steps=5", "train.progress=off", "train.batch_size=64", f"out_dir={tmp_path}"])
     m = json.loads((path / "metrics.json").read_text())
     for group in ("fd", "confidence", "class_coverage"):
@@ -59,6 +59,7 @@ def test_generation_study_end_to_end(tmp_path):
     # the floor: held-out real images are nearer the training images than 2-epoch samples
     assert m["fd"]["real_test"]["mean"] < min(m["fd"]["vae"]["mean"], m["fd"]["ae_gauss"]["mean"])
     assert "paired seeds" in m["verdict"] and m["setup"]["attribute"] == "1 - 0"
+    assert {a: sum(c.values()) for a, c in m["status"].items()} == {"vae": 2, "ae": 2, "classifier": 2}
     for name in FIGURES:
         assert (path / "figures" / name).stat().st_size > 0, name
     with Image.open(path / "figures" / "interpolation_vae.gif") as gif:
@@ -70,6 +71,6 @@ def test_generation_rejects_bad_config(tmp_path):
     with pytest.raises(ConfigError):
         run_study("generation", overrides=["attribute=('Sneaker',)", f"out_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="not in the data set"):
-        run_study("generation", overrides=["data=digits", "seeds=1", "train.epochs=1", "cnn_epochs=1",
+        run_study("generation", overrides=["data=digits", "seeds=1", "vae_steps=14", "cnn_steps=14",
                                            "attribute=('Sneaker','Ankle boot')", "train.progress=off",
                                            f"out_dir={tmp_path}"])

@@ -149,7 +149,7 @@ def test_spectral_hashing_spends_bits_on_the_wide_directions():
     assert abs(bits.mean(0)[0] - 0.5) < 0.03
 
 
-FAST = ["bits=(8,16)", "tune_bits=8", "hidden=(32,)", "train.epochs=3", "train.batch_size=32", "cnn_epochs=1",
+FAST = ["bits=(8,16)", "tune_bits=8", "hidden=(32,)", "steps=21", "train.batch_size=32", "cnn_steps=7",
         "tune_noise=(1.0,4.0)", "tune_ste=(10.0,)", "tune_gamma=(50.0,)", "tune_sgh=(0.0,)", "cnn_bits=(8,)",
         "train.progress=off"]
 

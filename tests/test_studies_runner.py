@@ -139,7 +139,7 @@ def test_memorization_quick_preset():
     cls = base.get_study("memorization")
     quick = cls().preset(runner.make_config(cls.Config(), None, ["data=digits", "quick=true"]))
     doc = runner.config_doc(quick)
-    assert doc["seeds"] == 3 and doc["sizes"] == [1000, 5000] and doc["steps"] == 200
+    assert doc["seeds"] == 3 and doc["sizes"] == [1000, 5000] and doc["steps"] == 250 and doc["budget"] == 0.8
 
 
 # --------------------------------------------------------------------------- a toy study for the runner's rules

@@ -136,8 +136,8 @@ def test_a_study_logs_a_parent_run_with_a_child_run_per_cell(tmp_path):
     from aelab.studies import run_study
 
     uri = (tmp_path / "mlruns").as_uri()
-    path = run_study("features", overrides=["workers=1", f"out_dir={tmp_path}", "seeds=2", "min_steps=0",
-                                            "train.epochs=1", "train.device=cpu", "models=['dense']", "units=4",
+    path = run_study("features", overrides=["workers=1", f"out_dir={tmp_path}", "seeds=2", "steps=12",
+                                            "train.device=cpu", "models=['dense']", "units=4",
                                             "tracking=mlflow", f"tracking_uri={uri}"])
     client = MlflowClient(uri)
     study = only_run(client, **{"aelab.kind": "study"})

@@ -270,12 +270,52 @@ def _page(title: str, body: str) -> str:
 # ----------------------------------------------------------------------------- public pages
 
 
+def _verdicts(tree: Any, path: str = "") -> list[str]:
+    """Every computed verdict line of a study's metrics: string values under a key naming a verdict,
+    a bar or an answer."""
+    if isinstance(tree, Mapping):
+        return [line for k, v in tree.items() if k != "answer" for line in _verdicts(v, f"{path}.{k}")]
+    last = path.rsplit(".", 1)[-1]
+    named = any(w in path for w in ("verdict", "answer")) or last == "bar"
+    return [tree] if isinstance(tree, str) and named else []
+
+
+def _lead_section(run: _Run) -> str:
+    """A study's answer first: its verdict lines, the main table (arms x sizes, mean and interval) with
+    each arm's convergence status, and the small-multiples figure of every arm's validation curves."""
+    ans = run.metrics.get("answer") or {}
+    lines = "".join(f"<li>{escape(v)}</li>" for v in _verdicts(run.metrics))
+    parts = ["<h2>Answer</h2>", f"<ul class=\"verdicts\">{lines}</ul>" if lines else _empty("no verdicts")]
+    table, status = ans.get("table") or {}, ans.get("status") or {}
+    sizes = list(dict.fromkeys(s for by in table.values() for s in by))
+    if table:
+        def cell(s):
+            lo, hi = s["ci95"]
+            return f"{format_number(s['mean'])} [{format_number(lo)}, {format_number(hi)}]"
+        rows = [[arm, *[cell(by[s]) if s in by else "" for s in sizes], status.get(arm, "")] for arm, by in table.items()]
+        parts += [f"<p>{escape(ans['metric'])}: mean [{escape(ans['interval'])}]</p>",
+                  _table(["arm", *sizes, "status"], rows)]
+    elif status:
+        parts.append(_table(["arm", "status"], list(status.items())))
+    curves = [p for p in run.figures if p.name == "curves.png"]
+    return "\n".join(parts + [_figure(p) for p in curves])
+
+
 def write_report(run_dir: str | Path) -> Path:
-    """Write run_dir/report.html from the run's artifacts alone and return its path.
+    """Write run_dir/report.html from the run's artifacts alone and return its path. A study's page
+    leads with its answer (verdicts, main table with statuses, curves), then figures, metrics, config.
 
     Raises CheckpointError when `run_dir` is missing, has no config.json, or holds corrupt JSON.
     """
     run = _read_run(run_dir)
+    if "study" in run.config:
+        lead = _lead_section(run)
+        run.figures = [p for p in run.figures if p.name != "curves.png"]
+        body = "\n".join((f"<h1>{escape(run.name)}</h1>", _meta_line(run), lead, _figures_section(run),
+                          _metrics_section(run), _config_section(run)))
+        out = run.path / "report.html"
+        atomic_write_text(out, _page(f"aelab study: {run.name}", body))
+        return out
     body = "\n".join(
         (
             f"<h1>{escape(run.name)}</h1>",

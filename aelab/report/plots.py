@@ -305,6 +305,24 @@ def metric_vs(
 # ----------------------------------------------------------------------------- files
 
 
+def small_multiples(panels: Mapping[str, Sequence[tuple[str, np.ndarray]]], xlabel: str, title: str,
+                    cols: int = 4) -> Figure:
+    """One panel per key, each a few (label, (k, 2) x-y array) lines: e.g. every arm's validation curves."""
+    cols = max(1, min(cols, len(panels)))
+    rows = math.ceil(len(panels) / cols)
+    fig = _new_figure(3.2 * cols, 2.4 * rows)
+    for i, (name, lines) in enumerate(panels.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for label, xy in lines:
+            xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+            ax.plot(xy[:, 0], xy[:, 1], linewidth=1, alpha=0.8, label=label)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
 def save(fig: Figure, path: str | Path) -> Path:
     """Write `fig` as a PNG (100 dpi, tight bounding box), creating parent folders; returns the path."""
     path = Path(path)

@@ -31,6 +31,9 @@ class StudyConfig:
     seeds: int = 3  # repeats of every arm, paired across arms
     out_dir: str = "runs"
     quick: bool = False  # a smaller preset that runs in minutes (applied before config.json is written)
+    # multiplies every arm's optimiser steps (rounded, at least 1): 1.0 = the config's steps; quick
+    # presets are fractions (README, Studies: budgets)
+    budget: float = 1.0
     # How cells run; none of these changes a result, so a resume may change them (runner.EXECUTION_KEYS).
     workers: int = 0  # cells at once in worker processes; 0 = auto: one per CPU core, or 4 per GPU
     executor: Literal["local", "ray"] = "local"  # ray: each cell a task on a Ray cluster
@@ -47,6 +50,8 @@ class StudyConfig:
     def check(self) -> None:
         if self.seeds <= 0:
             raise ConfigError("seeds must be > 0")
+        if not self.budget > 0:  # NaN too
+            raise ConfigError(f"budget={self.budget}: the step multiplier must be > 0 (1.0 = the config's steps)")
         if self.workers < 0 or self.threads <= 0 or self.gpus_per_cell <= 0:
             raise ConfigError("workers must be >= 0 (0 = auto), threads > 0 and gpus_per_cell > 0")
         if self.data.stream:  # studies take subsets, probes and whole-set codes in memory
@@ -173,6 +178,11 @@ class Study:
 
     def cells(self, cfg: StudyConfig) -> list[Cell]:
         raise NotImplementedError
+
+    def budgets(self, cfg: StudyConfig) -> list:
+        """Each arm's `budget.ArmBudget` (steps at budget 1.0, batch, the paper's steps, the plan's probe):
+        read by `aelab study --plan` and the README's steps tables."""
+        return []
 
     def needs(self, cfg: StudyConfig, cell: Cell) -> list[Cell]:
         """Cells whose stored results `cell` reads through `ctx.deps` (tuning before the arms)."""

@@ -24,14 +24,15 @@ from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from .. import stats
-from ..classify import with_min_steps
 from ..config import TrainConfig
+from ..convergence import qualify
 from ..engine import encode_all, evaluate, fit
 from ..errors import ConfigError
 from ..models import build_model
 from ..models.base import Autoencoder
 from ..report import plots
 from .base import Cell, CellContext, Results, Study, StudyConfig, register_study, seeds_of
+from .budget import ArmBudget, Curve, check_steps, model_probe, status_counts, train_cfg
 
 
 @dataclass
@@ -41,15 +42,18 @@ class EmbeddingConfig(StudyConfig):
     points: int = 3000  # held-out test points mapped to 2-D per seed (t-SNE is O(n log n) and slow)
     perplexity: float = 30.0
     linear_dim: int = 16  # components of the linear-AE vs PCA check
-    linear_epochs: int = 30  # the linear AE needs more epochs than the others to reach PCA
-    min_steps: int = 2000  # ... and every AE at least this many steps (small sets: more epochs)
+    # optimiser steps at train.batch_size: 15 and 30 passes over Fashion-MNIST's 54,000 training images
+    # at batch 128 (the budgets before steps); the linear AE needs more than the others to reach PCA
+    steps: int = 6315
+    linear_steps: int = 12630
     thumbnails: int = 12  # images drawn on each scatter plot
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, progress="off"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(progress="off"))
 
     def check(self) -> None:
         super().check()
-        if self.points < 20 or self.latent_dim <= 0 or self.linear_dim <= 0 or self.linear_epochs <= 0:
-            raise ConfigError("points must be >= 20; latent_dim, linear_dim, linear_epochs > 0")
+        check_steps(steps=self.steps, linear_steps=self.linear_steps)
+        if self.points < 20 or self.latent_dim <= 0 or self.linear_dim <= 0:
+            raise ConfigError("points must be >= 20; latent_dim, linear_dim > 0")
         if not 5 <= self.perplexity < self.points / 3:
             raise ConfigError("perplexity must be in [5, points / 3)")
 
@@ -65,26 +69,34 @@ def score_2d(emb: np.ndarray, pixels: np.ndarray, labels: np.ndarray) -> dict[st
             "trust": float(trustworthiness(pixels, emb, n_neighbors=5))}
 
 
-def train_ae(cfg: EmbeddingConfig, name: str, latent: int, train, shape, seed: int, epochs: int) -> Autoencoder:
-    torch.manual_seed(seed)
+def ae(name: str, latent: int, shape) -> Autoencoder:
     model_cfg = build_model(name, shape).cfg
     model_cfg.latent_dim = latent
-    model = build_model(model_cfg, shape)
-    fit(model, train, with_min_steps(TrainConfig(**{**vars(cfg.train), "epochs": epochs}), len(train),
-                                     cfg.min_steps), seed=seed)
+    return build_model(model_cfg, shape)
+
+
+def train_ae(cfg: EmbeddingConfig, name: str, latent: int, splits, shape, seed: int, steps: int,
+             status: dict) -> Autoencoder:
+    """The AE trained `steps` (times the budget); its curve and status (validation loss) go into `status`."""
+    torch.manual_seed(seed)
+    model = ae(name, latent, shape)
+    curve = Curve("val.loss")
+    fit(model, splits.train, train_cfg(cfg.train, steps, cfg.budget), val=splits.val, seed=seed, on_eval=curve)
+    status.update(curve.result())
     return model
 
 
 def linear_vs_pca(cfg: EmbeddingConfig, splits, seed: int) -> dict[str, float]:
     """Test MSE per pixel of a linear AE and of PCA, both with `linear_dim` components (seed 002)."""
-    model = train_ae(cfg, "linear", cfg.linear_dim, splits.train, tuple(splits.train.x.shape[1:]), seed,
-                     cfg.linear_epochs)
+    status: dict = {}
+    model = train_ae(cfg, "linear", cfg.linear_dim, splits, tuple(splits.train.x.shape[1:]), seed,
+                     cfg.linear_steps, status)
     ae_mse = evaluate(model, splits.test)["mse"]
     flat = lambda d: d.x.flatten(1).float().div(255).cpu().numpy()  # noqa: E731  (N, D)
     pca = PCA(cfg.linear_dim, random_state=seed).fit(flat(splits.train))
     xt = flat(splits.test)
     pca_mse = float(np.mean((pca.inverse_transform(pca.transform(xt)) - xt) ** 2))
-    return {"linear_ae": ae_mse, "pca": pca_mse, "ratio": ae_mse / pca_mse}
+    return {"linear_ae": ae_mse, "pca": pca_mse, "ratio": ae_mse / pca_mse, **status}
 
 
 ROUTES = {"pixels": ("pca_pixels", "tsne_pixels"), "ae": ("ae_tsne", "ae_umap"), "ae_2d": ("ae_2d",)}  # by cell
@@ -99,8 +111,10 @@ def held_out_points(cfg: EmbeddingConfig, splits, seed: int):
     return test, test.x.flatten(1).float().div(255).cpu().numpy(), test.y.cpu().numpy()
 
 
-def route_maps(cfg: EmbeddingConfig, group: str, splits, test, pixels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """The 2-D maps (n, 2) of one group of routes: on pixels, from the AE's codes, or the 2-D-code AE."""
+def route_maps(cfg: EmbeddingConfig, group: str, splits, test, pixels: np.ndarray, seed: int,
+               status: dict) -> dict[str, np.ndarray]:
+    """The 2-D maps (n, 2) of one group of routes: on pixels, from the AE's codes, or the 2-D-code AE
+    (whose curve and status go into `status`)."""
     tsne = lambda x: TSNE(2, perplexity=cfg.perplexity, init="pca", random_state=seed).fit_transform(x)  # noqa: E731
     shape = tuple(splits.train.x.shape[1:])
     if group == "pixels":
@@ -108,8 +122,8 @@ def route_maps(cfg: EmbeddingConfig, group: str, splits, test, pixels: np.ndarra
         return {"pca_pixels": PCA(2, random_state=seed).fit(train_px).transform(pixels),
                 "tsne_pixels": tsne(PCA(min(50, pixels.shape[1]), random_state=seed).fit_transform(pixels))}
     if group == "ae_2d":
-        return {"ae_2d": encode_all(train_ae(cfg, cfg.model, 2, splits.train, shape, seed, cfg.train.epochs), test).numpy()}
-    codes = encode_all(train_ae(cfg, cfg.model, cfg.latent_dim, splits.train, shape, seed, cfg.train.epochs), test).numpy()
+        return {"ae_2d": encode_all(train_ae(cfg, cfg.model, 2, splits, shape, seed, cfg.steps, status), test).numpy()}
+    codes = encode_all(train_ae(cfg, cfg.model, cfg.latent_dim, splits, shape, seed, cfg.steps, status), test).numpy()
     maps = {"ae_tsne": tsne(codes)}
     if importlib.util.find_spec("umap") is not None:  # optional: pip install 'aelab[umap]'
         import umap
@@ -121,9 +135,18 @@ def route_maps(cfg: EmbeddingConfig, group: str, splits, test, pixels: np.ndarra
 class EmbeddingStudy(Study):
     Config = EmbeddingConfig
 
-    def preset(self, cfg: EmbeddingConfig) -> EmbeddingConfig:  # fewer points and epochs
-        return replace(cfg, points=min(cfg.points, 1000), linear_epochs=15, min_steps=min(cfg.min_steps, 500),
-                       train=replace(cfg.train, epochs=min(cfg.train.epochs, 5)))
+    def preset(self, cfg: EmbeddingConfig) -> EmbeddingConfig:  # fewer points, a third of the steps
+        return replace(cfg, points=min(cfg.points, 1000), budget=cfg.budget / 3)
+
+    def budgets(self, cfg: EmbeddingConfig) -> list[ArmBudget]:
+        b, none = cfg.train.batch_size, "seed 002 states none"
+        mk = lambda latent, name, steps: model_probe(lambda shape: ae(name, latent, shape),  # noqa: E731
+                                                     train_cfg(cfg.train, steps, cfg.budget))
+        return [ArmBudget("ae", cfg.steps, b, None, none, probe=mk(cfg.latent_dim, cfg.model, cfg.steps)),
+                ArmBudget("ae_2d", cfg.steps, b, None, none, probe=mk(2, cfg.model, cfg.steps)),
+                ArmBudget("linear", cfg.linear_steps, b, None, none,
+                          probe=mk(cfg.linear_dim, "linear", cfg.linear_steps)),
+                ArmBudget("pixels", 0, 0, None, "no training")]
 
     def cells(self, cfg: EmbeddingConfig) -> list[Cell]:
         return [Cell(group, seed) for seed in seeds_of(cfg) for group in (*ROUTES, "linear")]
@@ -133,8 +156,9 @@ class EmbeddingStudy(Study):
         if cell.arm == "linear":
             return linear_vs_pca(cfg, splits, cell.seed)
         test, pixels, labels = held_out_points(cfg, splits, cell.seed)
-        maps = route_maps(cfg, cell.arm, splits, test, pixels, cell.seed)
-        out: dict = {"scores": {route: score_2d(m, pixels, labels) for route, m in maps.items()}}
+        status: dict = {}
+        maps = route_maps(cfg, cell.arm, splits, test, pixels, cell.seed, status)
+        out: dict = {"scores": {route: score_2d(m, pixels, labels) for route, m in maps.items()}, **status}
         if cell.seed == cfg.seed:  # the figures: the first seed's maps, labels and thumbnail images
             out |= {f"map.{route}": m for route, m in maps.items()}
             if cell.arm == "pixels":
@@ -149,17 +173,18 @@ class EmbeddingStudy(Study):
         col = lambda r, m: [row["scores"][r][m] for row in sorted(results.where(arm=GROUP[r]), key=lambda x: x["seed"])]  # noqa: E731
         px = results.one(arm="pixels", seed=cfg.seed)
         res: dict = {"points": len(px["labels"]), "knn_protocol": "5-fold CV within the held-out test subsample",
-                     "trust_reference": "pixels, 5 neighbours"}
+                     "trust_reference": "pixels, 5 neighbours", "status": status_counts(results)}
         res |= {r: {m: stats.summary(col(r, m)) for m in ("knn1", "knn5", "trust")} for r in done}
         res["linear_vs_pca"] = {m: stats.summary(results.column(m, arm="linear")) for m in ("linear_ae", "pca", "ratio")}
         best = max((r for r in done if r in ROUTES["ae"]), key=lambda r: res[r]["knn5"]["mean"])
         k5, tr = res[best]["knn5"]["mean"], res[best]["trust"]["mean"]
         res["best_ae_route"] = best
-        res["bar"] = (f"{best}: 2-D 5-NN {k5:.3f} (bar 0.80), trustworthiness {tr:.3f} (bar 0.98): "
-                      f"{'met' if k5 >= 0.80 and tr >= 0.98 else 'not met'}")
+        res["bar"] = qualify(f"{best}: 2-D 5-NN {k5:.3f} (bar 0.80), trustworthiness {tr:.3f} (bar 0.98): "
+                             f"{'met' if k5 >= 0.80 and tr >= 0.98 else 'not met'}", [GROUP[best]], res["status"])
         for r in ("tsne_pixels", "ae_2d"):
             diff = stats.paired(col(best, "knn5"), col(r, "knn5"))
-            res[f"{best}_vs_{r}_knn5"] = {"diff": diff, "verdict": f"{best} is {stats.verdict(diff)} than {r} (5-NN)"}
+            res[f"{best}_vs_{r}_knn5"] = {"diff": diff, "verdict": qualify(
+                f"{best} is {stats.verdict(diff)} than {r} (5-NN)", [GROUP[best], GROUP[r]], res["status"])}
         for r in done:  # the first seed's maps, with a few test images drawn where they landed
             emb = results.one(arm=GROUP[r], seed=cfg.seed)[f"map.{r}"]
             fig = plots.scatter_2d(emb, px["labels"], f"{r} ({len(emb)} test points, seed {cfg.seed})", px["classes"] or None)

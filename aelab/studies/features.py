@@ -18,13 +18,14 @@ import torch
 from torch import nn
 
 from .. import stats
-from ..classify import with_min_steps
 from ..config import TrainConfig
+from ..convergence import qualify
 from ..engine import encode_all, evaluate, fit
 from ..errors import ConfigError
 from ..models import build_model, model_names
 from ..report import plots
 from .base import Cell, CellContext, Results, Study, StudyConfig, register_study, seeds_of
+from .budget import ArmBudget, Curve, check_steps, model_probe, status_counts, train_cfg
 
 
 @dataclass
@@ -32,12 +33,15 @@ class FeaturesConfig(StudyConfig):
     models: tuple[str, ...] = ("dense", "deep", "sparse", "tied", "conv")
     units: int = 16  # code units shown in the top-activating figures
     top: int = 9  # images per unit
-    min_steps: int = 1500  # optimiser steps at least (small data sets get more epochs)
+    # optimiser steps of every model at train.batch_size: 5 passes over Fashion-MNIST's 54,000 training
+    # images at batch 128 (the budget before steps); a small set gets the same updates in more passes
+    steps: int = 2105
     zero_tol: float = 0.01  # "near zero": |z| below this fraction of the model's largest |z|
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, progress="off"))  # + min_steps
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(progress="off"))
 
     def check(self) -> None:
         super().check()
+        check_steps(steps=self.steps)
         unknown = [m for m in self.models if m not in model_names()]
         if not self.models or unknown:
             raise ConfigError(f"models must name registered models; unknown: {unknown or 'none given'}")
@@ -75,9 +79,10 @@ def measure(cfg: FeaturesConfig, name: str, splits, seed: int, figures: bool) ->
     shape = tuple(splits.train.x.shape[1:])
     torch.manual_seed(seed)
     model = build_model(name, shape)
-    fit(model, splits.train, with_min_steps(cfg.train, len(splits.train), cfg.min_steps), seed=seed)
+    curve = Curve("val.loss")  # the training objective on the validation split
+    fit(model, splits.train, train_cfg(cfg.train, cfg.steps, cfg.budget), val=splits.val, seed=seed, on_eval=curve)
     codes = encode_all(model, splits.test).numpy()  # (N_test, D)
-    out = {"near_zero": near_zero_fraction(codes, cfg.zero_tol), "test_bce": evaluate(model, splits.test)["bce"],
+    out = {**curve.result(), "near_zero": near_zero_fraction(codes, cfg.zero_tol), "test_bce": evaluate(model, splits.test)["bce"],
            "code_dim": codes.shape[1]}
     if figures:  # weight tiles, and the test images (uint8) that drive the most variable live units highest
         alive = np.flatnonzero(codes.max(0) > codes.min(0))  # dead units show nothing
@@ -93,16 +98,21 @@ class FeaturesStudy(Study):
     headline = "near_zero"
 
     def preset(self, cfg: FeaturesConfig) -> FeaturesConfig:
-        return replace(cfg, train=replace(cfg.train, epochs=min(cfg.train.epochs, 3)), min_steps=min(cfg.min_steps, 300))
+        return replace(cfg, budget=cfg.budget * 0.15)  # ~300 steps
 
     def cells(self, cfg: FeaturesConfig) -> list[Cell]:
         return [Cell(name, seed) for seed in seeds_of(cfg) for name in cfg.models]
+
+    def budgets(self, cfg: FeaturesConfig) -> list[ArmBudget]:
+        tcfg = train_cfg(cfg.train, cfg.steps, cfg.budget)
+        return [ArmBudget(m, cfg.steps, cfg.train.batch_size, None, "seed 004 states none",
+                          probe=model_probe(lambda shape, m=m: build_model(m, shape), tcfg)) for m in cfg.models]
 
     def run_cell(self, cfg: FeaturesConfig, cell: Cell, ctx: CellContext) -> dict:
         return measure(cfg, cell.arm, ctx.data(cfg, seed=cell.seed), cell.seed, figures=cell.seed == cfg.seed)
 
     def summarize(self, cfg: FeaturesConfig, results: Results, out: Path) -> dict:
-        result: dict = {"zero_tol": cfg.zero_tol}
+        result: dict = {"zero_tol": cfg.zero_tol, "status": status_counts(results)}
         for name in cfg.models:
             result[name] = {m: stats.summary(results.column(m, arm=name)) for m in ("near_zero", "test_bce")}
             result[name]["code_dim"] = results.column("code_dim", arm=name)[0]
@@ -115,7 +125,8 @@ class FeaturesStudy(Study):
         if "sparse" in cfg.models and "dense" in cfg.models:  # what sparsity does to the code (paired by seed)
             diff = stats.paired(results.column("near_zero", arm="sparse"), results.column("near_zero", arm="dense"))
             result["sparse_vs_dense_near_zero"] = {
-                "diff": diff, "verdict": f"sparse has {_more(stats.verdict(diff))} near-zero codes than dense"}
+                "diff": diff, "verdict": qualify(f"sparse has {_more(stats.verdict(diff))} near-zero codes than dense",
+                                  ("sparse", "dense"), result["status"])}
         return result
 
 

@@ -25,11 +25,13 @@ from scipy import linalg
 
 from .. import stats
 from ..config import TrainConfig
+from ..convergence import qualify, vae_collapse
 from ..engine import encode_all, fit
 from ..errors import ConfigError
 from ..models import build_model, get_model_class
 from .base import (Cell, CellContext, Results, Study, StudyConfig, dataset_of, load_state_arrays, register_study,
                    seeds_of, state_arrays)
+from .budget import ArmBudget, Curve, check_steps, kl_per_dim, model_probe, probe_rows, status_counts, train_cfg
 from .generation_figures import attribute_vector, decode_images, draw_figures, figure_arrays
 from .hashing_classifier import SmallCNN, apply_batched, images, train_classifier
 
@@ -46,17 +48,21 @@ class GenerationConfig(StudyConfig):
     beta: float = 1.0  # the VAE's KL weight
     n_samples: int = 0  # images per arm for the Fréchet distance (0 = the test set, up to 10,000)
     feat_dim: int = 128  # the classifier's penultimate layer: the Fréchet feature space
-    cnn_epochs: int = 3
+    # optimiser steps at train.batch_size: 10 and 3 passes over Fashion-MNIST's 60,000 training images
+    # at batch 128 (the budgets before steps)
+    vae_steps: int = 4680  # the VAE and the plain AE each
+    cnn_steps: int = 1404  # the Fréchet instrument (a small CNN classifier)
     attribute: tuple[str, ...] = ()  # two class names "A","B": vector A - B; () = Sneaker - Ankle boot,
     #                                    else classes 1 - 0
     steps: int = 10  # interpolation frames
     traversal_range: float = 3.0  # traversal from -r to +r (prior std units for the VAE)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, progress="off"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(progress="off"))
 
     def check(self) -> None:
         super().check()
-        if self.latent_dim <= 0 or self.feat_dim <= 0 or self.cnn_epochs <= 0 or self.n_samples < 0:
-            raise ConfigError("latent_dim, feat_dim and cnn_epochs must be > 0, n_samples >= 0")
+        check_steps(vae_steps=self.vae_steps, cnn_steps=self.cnn_steps)
+        if self.latent_dim <= 0 or self.feat_dim <= 0 or self.n_samples < 0:
+            raise ConfigError("latent_dim and feat_dim must be > 0, n_samples >= 0")
         if self.attribute and len(self.attribute) != 2:
             raise ConfigError("attribute must name two classes, e.g. attribute=('Sneaker','Ankle boot')")
         if self.steps < 2 or self.traversal_range <= 0:
@@ -158,8 +164,18 @@ class GenerationStudy(Study):
     headline = "fd.vae"
 
     def preset(self, cfg: GenerationConfig) -> GenerationConfig:
-        return replace(cfg, train=replace(cfg.train, epochs=min(cfg.train.epochs, 3)), cnn_epochs=1,
-                       n_samples=cfg.n_samples or 2000)
+        return replace(cfg, budget=cfg.budget * 0.3, n_samples=cfg.n_samples or 2000)
+
+    def budgets(self, cfg: GenerationConfig) -> list[ArmBudget]:
+        b, none = cfg.train.batch_size, "Kingma & Welling 2014 state none for this setting"
+        arm = lambda part: model_probe(lambda shape: build_arm(cfg, shape, part),  # noqa: E731
+                                       train_cfg(cfg.train, cfg.vae_steps, cfg.budget))
+        cnn = model_probe(lambda shape: build_instrument(cfg, shape, 10), train_cfg(cfg.train, cfg.cnn_steps, cfg.budget),
+                          labelled=True)
+        return [ArmBudget("vae", cfg.vae_steps, b, None, none, probe=arm("vae")),
+                ArmBudget("ae", cfg.vae_steps, b, None, "", probe=arm("ae")),
+                ArmBudget("classifier", cfg.cnn_steps, b, None, "the instrument", probe=cnn),
+                ArmBudget("measure", 0, 0, None, "no training")]
 
     def cells(self, cfg: GenerationConfig) -> list[Cell]:
         pick_classes(cfg, class_names(dataset_of(cfg)))  # before anything trains: a bad class name fails at once
@@ -173,13 +189,17 @@ class GenerationStudy(Study):
         splits = ctx.data(cfg, val_fraction=0.0)  # no validation rows, no hidden labels: one set for all seeds
         ncls = max(ds.num_classes, int(ds.y_train.max()) + 1)
         if cell.arm == "classifier":
-            return state_arrays(train_classifier(splits.train, ds.shape, ncls, cfg.train, cfg.cnn_epochs, cell.seed,
-                                                 cfg.feat_dim))
-        if cell.arm in ("vae", "ae"):
+            cnn, status = train_classifier(splits.train, ds.shape, ncls, cfg.train, cfg.cnn_steps, cell.seed,
+                                           cfg.feat_dim, budget=cfg.budget)
+            return state_arrays(cnn) | status
+        if cell.arm in ("vae", "ae"):  # no validation split: the curve is the loss on a fixed training sample
             torch.manual_seed(cell.seed)
             model = build_arm(cfg, ds.shape, cell.arm)
-            fit(model, splits.train, cfg.train, seed=cell.seed)
-            return state_arrays(model)
+            seen, curve = probe_rows(splits.train), Curve("val.loss")
+            fit(model, splits.train, train_cfg(cfg.train, cfg.vae_steps, cfg.budget), val=seen, seed=cell.seed,
+                on_eval=curve)
+            collapse = vae_collapse(kl_per_dim(model, seen)) if cell.arm == "vae" else None
+            return state_arrays(model) | curve.result(collapse)
         models = {part: load_state_arrays(build_arm(cfg, ds.shape, part) if part != "classifier" else
                                           build_instrument(cfg, ds.shape, ncls), ctx.deps[Cell(part, cell.seed).key])
                   .to(splits.train.device) for part in PARTS}
@@ -191,7 +211,7 @@ class GenerationStudy(Study):
     def summarize(self, cfg: GenerationConfig, results: Results, out: Path) -> dict:
         rows = results.where(arm="measure")
         keys = [k for k in rows.rows[0] if "." in k and not k.startswith("fig.") or k == "classifier_test_acc"]
-        res: dict = {}
+        res: dict = {"status": status_counts(results)}
         for key in keys:  # "fd.vae" -> res["fd"]["vae"]
             group, _, arm = key.partition(".")
             if arm:
@@ -200,10 +220,11 @@ class GenerationStudy(Study):
                 res[group] = stats.summary(rows.column(key))
         diff = stats.paired(rows.column("fd.vae"), rows.column("fd.ae_gauss"))
         res["vae_minus_ae_gauss_fd"] = diff
-        res["verdict"] = (f"VAE samples vs AE + fitted Gaussian, Fréchet distance (lower is better): "
-                          f"{stats.verdict(diff, higher_is_better=False)} ({diff['mean']:+.3g}, 95% CI "
-                          f"[{diff['ci95'][0]:+.3g}, {diff['ci95'][1]:+.3g}], {diff['n']} paired seeds); "
-                          f"real held-out floor {res['fd']['real_test']['mean']:.3g}")
+        res["verdict"] = qualify(f"VAE samples vs AE + fitted Gaussian, Fréchet distance (lower is better): "
+                                 f"{stats.verdict(diff, higher_is_better=False)} ({diff['mean']:+.3g}, 95% CI "
+                                 f"[{diff['ci95'][0]:+.3g}, {diff['ci95'][1]:+.3g}], {diff['n']} paired seeds); "
+                                 f"real held-out floor {res['fd']['real_test']['mean']:.3g}",
+                                 ("vae", "ae", "classifier"), res["status"])
         first = rows.one(seed=cfg.seed)
         names = list(first["classes"])
         a, b = pick_classes(cfg, names)

@@ -34,15 +34,17 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
+from ..convergence import hash_collapse
 from ..data.device import DeviceData
 from ..engine import fit
 from ..errors import ConfigError
 from ..models import build_model, get_model_class
 from ..retrieval import evaluate_hash, literature_queries
 from .base import Cell, CellContext, Results, Study, StudyConfig, register_study, seeds_of
+from .budget import ArmBudget, Curve, check_steps, model_probe, probe_rows, train_cfg
 from .hashing_baselines import ITQ, LSH, SpectralHashing
 from .hashing_classifier import apply_batched, images, train_classifier
-from .hashing_report import metrics, neighbour_images
+from .hashing_report import chosen, metrics, neighbour_images, settings  # noqa: F401 (re-exported)
 
 AE_METHODS = ("semhash", "hash-ste", "hash-bihalf", "hash-sgh")
 PIXEL_BASELINES = ("itq", "lsh", "sh")  # PCA-ITQ, LSH, spectral hashing: fitted on the pixels
@@ -69,13 +71,17 @@ class HashingConfig(StudyConfig):
     radius: int = 2  # Hamming ball for the lookup statistics
     map_at: int = 1000  # mAP@R's R
     per_class: int = 100  # queries per class of the literature protocol
-    cnn_epochs: int = 3  # the CNN-hash baseline's training epochs
+    # optimiser steps at train.batch_size. Short on purpose: validation mAP peaked after 2-4 passes over
+    # Fashion-MNIST's 60,000 images at batch 512 (README, hashing) and fell with more; 468 steps are the 4
+    # passes the study ran before budgets were in steps, now the same updates on any data set's size
+    steps: int = 468  # every AE method (tuning cells too)
+    cnn_steps: int = 351  # the CNN-hash baseline (3 passes before)
     cnn_bits: tuple[int, ...] = (32,)  # bit counts with the CNN baseline (3 CPU-minutes a seed each)
     show_queries: int = 8  # rows of the neighbours page
     neighbours: int = 10  # neighbours shown per query
     # short training: validation mAP peaked after 2-4 epochs and fell with more (README, hashing)
     seeds: int = 5  # paired seeds: the AE-ITQ differences need more than 3 for a 95% interval clear of 0
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, batch_size=512, progress="off"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=512, progress="off"))
 
     def check(self) -> None:
         super().check()
@@ -84,26 +90,32 @@ class HashingConfig(StudyConfig):
         unknown = [m for m in self.methods if m not in AE_METHODS]
         if not self.methods or unknown:
             raise ConfigError(f"methods must be some of {', '.join(AE_METHODS)}; got {list(self.methods)}")
-        if self.k <= 0 or self.radius < 0 or self.cnn_epochs <= 0 or self.map_at <= 0 or self.per_class <= 0:
-            raise ConfigError("k, map_at, per_class and cnn_epochs must be > 0 and radius >= 0")
+        check_steps(steps=self.steps, cnn_steps=self.cnn_steps)
+        if self.k <= 0 or self.radius < 0 or self.map_at <= 0 or self.per_class <= 0:
+            raise ConfigError("k, map_at and per_class must be > 0 and radius >= 0")
         grids = (self.tune_noise, self.tune_ste, self.tune_gamma, self.tune_sgh)
         if any(not g or min(g) < 0 for g in grids) or not 0 < self.val_fraction < 1:
             raise ConfigError("the tune_* grids must be non-empty and >= 0, val_fraction in (0, 1)")
 
 
-def settings(cfg: HashingConfig, method: str) -> list[dict]:
-    """The method's candidate model fields, from its grid."""
-    key, grid = {"semhash": (("noise_std",), cfg.tune_noise), "hash-ste": (("balance", "decorrelate"), cfg.tune_ste),
-                 "hash-bihalf": (("gamma",), cfg.tune_gamma), "hash-sgh": (("balance",), cfg.tune_sgh)}[method]
-    return [{k: v for k in key} for v in grid]
+def build_ae(cfg: HashingConfig, shape, method: str, bits: int, setting: dict):
+    mcfg = get_model_class(method).Config(name=method, latent_dim=bits, hidden=tuple(cfg.hidden), **setting)
+    return build_model(mcfg, shape)
 
 
 def train_ae(cfg: HashingConfig, shape, method: str, bits: int, setting: dict, data: DeviceData, seed: int):
+    """The AE after `steps` (times the budget), in eval mode, and its curve: the loss on a fixed sample of
+    its training images (the main cells hold no validation split)."""
     torch.manual_seed(seed)
-    mcfg = get_model_class(method).Config(name=method, latent_dim=bits, hidden=tuple(cfg.hidden), **setting)
-    model = build_model(mcfg, shape)
-    fit(model, data, cfg.train, seed=seed)
-    return model.eval()
+    model = build_ae(cfg, shape, method, bits, setting)
+    curve = Curve("val.loss")
+    fit(model, data, train_cfg(cfg.train, cfg.steps, cfg.budget), val=probe_rows(data), seed=seed, on_eval=curve)
+    return model.eval(), curve
+
+
+def status(curve: Curve, bits: np.ndarray) -> dict:
+    """The cell's curve and status; collapsed when its own bits on the training images collapsed."""
+    return curve.result(hash_collapse(bits))
 
 
 def code_inputs(model, data: DeviceData) -> np.ndarray:
@@ -136,19 +148,6 @@ class TuneCell(Cell):
     point: int = 0  # index into settings(cfg, method)
 
 
-def chosen(cfg: HashingConfig, deps: dict) -> tuple[str, dict]:
-    """(best AE code, {method: setting}) from the tune cells' validation mAPs."""
-    best: dict[str, tuple[float, str, dict]] = {}
-    for row in deps.values():
-        method = row["arm"].removeprefix("tune:")
-        for suffix in ("", "+rot"):
-            v = row["map" + suffix.replace("+", "_")]
-            if v > best.get(method, (-1.0,))[0]:
-                best[method] = (v, method + suffix, settings(cfg, method)[row["point"]])
-    top = max(best.values(), key=lambda t: t[0])
-    return top[1], {m: s for m, (_, _, s) in best.items()}
-
-
 class Protocols:
     """The two evaluations of one set of codes: `test` (test queries, training index) and `lit`
     (per_class test queries per class, the training set plus the other test images as index)."""
@@ -175,8 +174,19 @@ class HashingStudy(Study):
     headline = "map"
 
     def preset(self, cfg: HashingConfig) -> HashingConfig:
-        return replace(cfg, train=replace(cfg.train, epochs=min(cfg.train.epochs, 2)), cnn_epochs=1,
-                       seeds=min(cfg.seeds, 3))
+        return replace(cfg, budget=cfg.budget * 0.5, seeds=min(cfg.seeds, 3))
+
+    def budgets(self, cfg: HashingConfig) -> list[ArmBudget]:
+        from .hashing_classifier import SmallCNN
+
+        tcfg, b = train_cfg(cfg.train, cfg.steps, cfg.budget), cfg.train.batch_size
+        ae = lambda m: model_probe(  # noqa: E731
+            lambda shape: build_ae(cfg, shape, m, cfg.tune_bits, settings(cfg, m)[0]), tcfg)
+        cnn = model_probe(lambda shape: SmallCNN(shape, 10, cfg.tune_bits, "sigmoid"),
+                          train_cfg(cfg.train, cfg.cnn_steps, cfg.budget), labelled=True)
+        return [ArmBudget(m, cfg.steps, b, None, "none; short on purpose (README, hashing)", (m, f"tune:{m}"), ae(m))
+                for m in cfg.methods] + [ArmBudget("cnn", cfg.cnn_steps, b, None, "", probe=cnn)] + \
+            [ArmBudget(p, 0, 0, None, "fitted, no steps") for p in PIXEL_BASELINES]
 
     def tune_cells(self, cfg: HashingConfig) -> list[Cell]:
         return [TuneCell(f"tune:{m}", cfg.seed, cfg.tune_bits, point=i)
@@ -195,26 +205,27 @@ class HashingStudy(Study):
         ds = ctx.dataset(cfg)
         if isinstance(cell, TuneCell):  # fit part of the training set vs the validation images
             split, method = ctx.data(cfg, val_fraction=cfg.val_fraction), cell.arm.removeprefix("tune:")
-            model = train_ae(cfg, ds.shape, method, cell.n, settings(cfg, method)[cell.point], split.train, cell.seed)
+            model, curve = train_ae(cfg, ds.shape, method, cell.n, settings(cfg, method)[cell.point], split.train,
+                                    cell.seed)
             y_fit, y_val = split.train.y.cpu().numpy(), split.val.y.cpu().numpy()
             codes = ae_codes(model, split.train, [split.val], cell.n, cell.seed)
             return {f"map{s.replace('+', '_')}": evaluate_hash(v, y_val, f, y_fit, cfg.k, cfg.radius, cfg.map_at)["map"]
-                    for s, (f, v) in codes.items()}
+                    for s, (f, v) in codes.items()} | status(curve, codes[""][0])
         proto = ctx.cached(("hashing-protocols", cfg.seed), lambda: Protocols(cfg, ctx.data(cfg, val_fraction=0.0)))
         tr, others = proto.splits[0], proto.splits[1:]
         if cell.arm in cfg.methods:
             best, setting = chosen(cfg, ctx.deps)
             if cell.n != cfg.tune_bits and not cfg.all_methods_all_bits and cell.arm != best.removesuffix("+rot"):
                 return {"skipped": f"{cell.arm} was not chosen on validation ({best} was)"}
-            model = train_ae(cfg, ds.shape, cell.arm, cell.n, setting[cell.arm], tr, cell.seed)
+            model, curve = train_ae(cfg, ds.shape, cell.arm, cell.n, setting[cell.arm], tr, cell.seed)
             codes = {cell.arm + s: c for s, c in ae_codes(model, tr, others, cell.n, cell.seed).items()}
             # share of code units within 0.1 of 0 or 1 after the logistic: how cleanly the method made bits
-            extra = {"saturation": float((np.abs(code_inputs(model, others[0])) > np.log(9.0)).mean())}
+            extra = {"saturation": float((np.abs(code_inputs(model, others[0])) > np.log(9.0)).mean()),
+                     **status(curve, codes[cell.arm][0])}
         elif cell.arm == "cnn":
-            cnn = train_classifier(tr, ds.shape, max(ds.num_classes, int(ds.y_train.max()) + 1), cfg.train,
-                                   cfg.cnn_epochs, cell.seed, cell.n, "sigmoid")
+            cnn, extra = train_classifier(tr, ds.shape, max(ds.num_classes, int(ds.y_train.max()) + 1), cfg.train,
+                                          cfg.cnn_steps, cell.seed, cell.n, "sigmoid", cfg.budget)
             codes = {"cnn": [apply_batched(cnn.features, images(d)).numpy() > 0.5 for d in proto.splits]}
-            extra = {}
         else:
             codes, extra = {cell.arm: pixel_codes(cell.arm, tr, others, cell.n, cell.seed)}, {}
         out: dict = {"codes": {name: proto.measure(*c) for name, c in codes.items()}, **extra}

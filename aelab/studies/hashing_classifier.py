@@ -7,7 +7,6 @@ on samples; the `hashing` study rounds a logistic penultimate layer into a super
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -56,13 +55,21 @@ class SmallCNN(nn.Module):
 
 
 def train_classifier(train: DeviceData, input_shape: tuple[int, int, int], num_classes: int,
-                     cfg: TrainConfig, epochs: int, seed: int, feat_dim: int = 128,
-                     feat_act: Literal["relu", "sigmoid"] = "relu") -> SmallCNN:
-    """A SmallCNN fitted on the labelled rows of `train` with the study's train settings, in eval mode."""
+                     cfg: TrainConfig, steps: int, seed: int, feat_dim: int = 128,
+                     feat_act: Literal["relu", "sigmoid"] = "relu", budget: float = 1.0) -> tuple[SmallCNN, dict]:
+    """A SmallCNN fitted on the labelled rows of `train` for `steps` (times `budget`) optimiser steps with
+    the study's train settings, in eval mode; and its curve and status (accuracy on a fixed sample of
+    its training rows: the study has no validation split here)."""
+    from ..convergence import classifier_collapse
+    from .budget import Curve, probe_rows, train_cfg
+
     torch.manual_seed(seed)
     model = SmallCNN(input_shape, num_classes, feat_dim, feat_act)
-    fit(model, train.labelled(), replace(cfg, epochs=epochs, corrupt="none"), seed=seed)
-    return model.eval()
+    data = train.labelled()
+    seen, curve = probe_rows(data), Curve("val.acc", higher_is_better=True)
+    fit(model, data, train_cfg(cfg, steps, budget, corrupt="none"), val=seen, seed=seed, on_eval=curve)
+    pred = apply_batched(model.logits, images(seen)).argmax(1).numpy()
+    return model.eval(), curve.result(classifier_collapse(pred))
 
 
 @torch.inference_mode()

@@ -28,10 +28,12 @@ from ..models import build_model
 from ..models.adversarial import AdversarialConfig
 from ..models.conv import ConvConfig
 from . import memorization_measures as ms
+from ..convergence import classifier_collapse
 from .base import Cell, CellContext, Results, Study, StudyConfig, dataset_of, register_study, seeds_of
-from .memorization_report import report
+from .budget import ArmBudget, Curve, check_steps, probe_rows, train_cfg
+from .memorization_report import TUNED, arms, grid, report  # noqa: F401 (re-exported)
 
-QUICK = dict(seeds=3, sizes=(1000, 5000), lambdas=(-3.0, 0.0, 3.0), bounded=("hinge",), steps=200,
+QUICK = dict(seeds=3, sizes=(1000, 5000), lambdas=(-3.0, 0.0, 3.0), bounded=("hinge",), budget=0.8,
              tune_wd=(0.05,), tune_dropout=(0.3,), tune_vib=(1e-3,))
 
 
@@ -44,8 +46,9 @@ class MemorizationConfig(StudyConfig):
     # (only the loss value differs), so it is offered but not in the default grid
     bounded: tuple[str, ...] = ("hinge", "layernorm")
     headline_lambda: float = 3.0  # the seed's arm named in the verdict sentence
-    steps: int = 250  # classifier steps per run, whatever N (epochs = steps * batch / N): the 45-min budget
-    max_epochs: int = 200
+    # optimiser steps of every run at train.batch_size, whatever N: the 45-min budget (before steps were
+    # exact, round(250 * batch / N) passes gave 192 steps at N=1000, 247 at 5000, 210 at 54,000)
+    steps: int = 250
     probe_features: int = 512  # random ReLU features of the closed-form probe decoder
     ref_steps_factor: int = 4  # the reference autoencoder trains this many times longer (once, all images)
     noise_fraction: float = 0.2  # label-noise runs: this share of training labels made wrong
@@ -59,6 +62,7 @@ class MemorizationConfig(StudyConfig):
 
     def check(self) -> None:
         super().check()
+        check_steps(steps=self.steps, ref_steps_factor=self.ref_steps_factor)
         if not self.sizes or min(self.sizes) < 0 or 0.0 not in self.lambdas:
             raise ConfigError("sizes must be >= 0 (0 = all) and lambdas must include 0 (plain training)")
         if self.data.val_fraction <= 0:
@@ -68,52 +72,36 @@ class MemorizationConfig(StudyConfig):
         self.model.check()
 
 
-def arms(cfg: MemorizationConfig) -> dict[str, dict]:
-    """Arm name -> model-config overrides; 'plain' (lam = 0) is the reference; the tuned baselines'
-    overrides come from their tuning cells (`TUNED`)."""
-    out: dict[str, dict] = {}
-    for lam in sorted(cfg.lambdas):
-        name = "plain" if lam == 0 else f"lam={lam:+g}"
-        out[name] = {"lam": abs(lam), "mode": "plus" if lam < 0 else "minus"}
-    top = max(cfg.lambdas)
-    for form in cfg.bounded if top > 0 else ():
-        out[f"{form} lam={top:g}"] = ({"lam": top, "layernorm": True} if form == "layernorm"
-                                      else {"lam": top, "mode": form})
-    return out | {name: {} for name in TUNED}
-
-
-TUNED = {"weight decay": ("weight_decay", "tune_wd"), "dropout": ("dropout", "tune_dropout"),
-         "vib": ("vib_beta", "tune_vib")}  # baseline -> (its override, the config field of its grid)
-
-
-def grid(cfg: MemorizationConfig, baseline: str) -> list[dict]:
-    key, field_name = TUNED[baseline]
-    return [{key: v} for v in getattr(cfg, field_name)]
-
-
 @dataclass(frozen=True)
 class TuneCell(Cell):
     point: int = 0  # index into the baseline's grid
 
 
-def _train(cfg: MemorizationConfig, over: dict, data: DeviceData, seed: int, test: DeviceData | None = None):
-    """One engine run of the adversarial model on `data`; returns the model and, with `test`, its curves."""
+def _train(cfg: MemorizationConfig, over: dict, data: DeviceData, seed: int, test: DeviceData | None = None,
+           val: DeviceData | None = None):
+    """One engine run of the adversarial model on `data`; returns the model, with `test` its per-pass
+    curves (the figures), and with `val` its status: validation accuracy (a fixed 1,000 rows) at ~16 points."""
     over = dict(over)
     wd = over.pop("weight_decay", 0.0)
     mcfg = dataclasses.replace(cfg.model, **over)
-    epochs = int(np.clip(round(cfg.steps * cfg.train.batch_size / len(data)), 1, cfg.max_epochs))
-    tcfg = dataclasses.replace(cfg.train, epochs=epochs, weight_decay=wd, progress="off")
+    tcfg = train_cfg(cfg.train, cfg.steps, cfg.budget, weight_decay=wd)
     torch.manual_seed(seed)
     model = build_model(mcfg, tuple(data.x.shape[1:]), int(data.y.max()) + 1)
     curve: list[dict] = []
+    seen = probe_rows(val) if val is not None else None
+    acc = lambda: float((ms.per_example(model, seen)[0].argmax(1) == seen.y.cpu().numpy()).mean())  # noqa: E731
+    status = Curve("val.acc", higher_is_better=True, metric=acc)
 
     def on_epoch(row: dict) -> None:  # the test set draws curves only; nothing is tuned on it
         p, _ = ms.per_example(model, test)
         curve.append({"epoch": row["epoch"], "ce": row["train.classifier.ce"], "R": row["train.classifier.R"],
                       "test_acc": float((p.argmax(1) == test.y.cpu().numpy()).mean())})
 
-    fit(model, data, tcfg, seed=seed, on_epoch=on_epoch if test is not None else None)
-    return model, curve
+    fit(model, data, tcfg, seed=seed, on_epoch=on_epoch if test is not None else None,
+        on_eval=status if val is not None else None)
+    if val is None:
+        return model, curve, {}
+    return model, curve, status.result(classifier_collapse(ms.per_example(model, seen)[0].argmax(1)))
 
 
 def _subset(train: DeviceData, n: int, seed: int) -> DeviceData:
@@ -123,25 +111,27 @@ def _subset(train: DeviceData, n: int, seed: int) -> DeviceData:
     return train.subset(torch.randperm(len(train), generator=g)[:n].sort().values)
 
 
-def _reference_ae(cfg: MemorizationConfig, train: DeviceData, test: DeviceData, seed: int) -> float:
+def _reference_ae(cfg: MemorizationConfig, train: DeviceData, test: DeviceData, seed: int) -> dict:
     """The probe scale's 1: test error of a plain autoencoder with the same code size (aelab's conv AE,
     trained on every training image for `ref_steps_factor` x the steps) through its own decoder. Once
     per study: an AE fit to N=1000 images overfits, a poor unit. A learned decoder usually reads a
-    code better than the closed-form probe does, so the scores tend to err low."""
-    epochs = max(1, round(cfg.steps * cfg.ref_steps_factor * cfg.train.batch_size / len(train)))
+    code better than the closed-form probe does, so the scores tend to err low. With its curve and status
+    (its loss on a fixed 1,000 of its training images)."""
     torch.manual_seed(seed)
     ae_cfg = ConvConfig(name="conv", latent_dim=cfg.model.latent_dim, recon=cfg.model.recon,
                         channels=cfg.model.channels)
     ae = build_model(ae_cfg, tuple(train.x.shape[1:]))
-    fit(ae, train, dataclasses.replace(cfg.train, epochs=epochs, progress="off"), seed=seed)
-    return ms.own_reconstruction_error(ae, test)
+    seen, curve = probe_rows(train), Curve("val.loss")
+    fit(ae, train, train_cfg(cfg.train, cfg.steps * cfg.ref_steps_factor, cfg.budget), val=seen, seed=seed,
+        on_eval=curve)
+    return {"ae_mse": ms.own_reconstruction_error(ae, test), **curve.result()}
 
 
 def _noise_run(cfg, over, sub: DeviceData, test: DeviceData, seed: int, classes: int) -> dict:
     """Train on labels with `noise_fraction` made wrong: how many wrong labels are learnt, and clean test accuracy."""
     y_noisy, mask = ms.noisy_labels(sub.y.cpu().numpy(), cfg.noise_fraction, classes, seed)
     noisy = DeviceData(sub.x, torch.as_tensor(y_noisy, device=sub.device))
-    model, _ = _train(cfg, over, noisy, seed)
+    model, _, _ = _train(cfg, over, noisy, seed)
     p, _ = ms.per_example(model, noisy)
     pt, _ = ms.per_example(model, test)
     return {"noise_memorised": float((p.argmax(1) == y_noisy)[mask].mean()),
@@ -155,6 +145,18 @@ class Memorization(Study):
 
     def preset(self, cfg: MemorizationConfig) -> MemorizationConfig:
         return dataclasses.replace(cfg, **QUICK, noise_sizes=QUICK["sizes"][:1])
+
+    def budgets(self, cfg: MemorizationConfig) -> list[ArmBudget]:
+        from ..models.conv import ConvConfig as Conv
+
+        b = cfg.train.batch_size
+        clf = lambda splits: (build_model(cfg.model, tuple(splits.train.x.shape[1:]), 10),  # noqa: E731
+                              splits.train, train_cfg(cfg.train, cfg.steps, cfg.budget))
+        ae = lambda splits: (build_model(Conv(name="conv", latent_dim=cfg.model.latent_dim, recon=cfg.model.recon,  # noqa: E731
+                                              channels=cfg.model.channels), tuple(splits.train.x.shape[1:])),
+                             splits.train, train_cfg(cfg.train, cfg.steps * cfg.ref_steps_factor, cfg.budget))
+        return [ArmBudget("reference-ae", cfg.steps * cfg.ref_steps_factor, b, None, "", probe=ae),
+                ArmBudget("every arm", cfg.steps, b, None, "seed 000 states none", ("",), probe=clf)]
 
     def cells(self, cfg: MemorizationConfig) -> list[Cell]:
         tune = [TuneCell(f"tune:{b}", cfg.seed, n, point=i) for n in sizes(cfg) for b in TUNED
@@ -172,12 +174,12 @@ class Memorization(Study):
     def run_cell(self, cfg: MemorizationConfig, cell: Cell, ctx: CellContext) -> dict:
         splits = ctx.data(cfg)
         if cell.arm == "reference-ae":
-            return {"ae_mse": _reference_ae(cfg, splits.train, splits.test, cell.seed)}
+            return _reference_ae(cfg, splits.train, splits.test, cell.seed)
         if isinstance(cell, TuneCell):  # each baseline's grid, same size and budget, scored on validation
-            model, _ = _train(cfg, grid(cfg, cell.arm[5:])[cell.point], _subset(splits.train, cell.n, cell.seed),
-                              cell.seed)
+            model, _, status = _train(cfg, grid(cfg, cell.arm[5:])[cell.point],
+                                      _subset(splits.train, cell.n, cell.seed), cell.seed, val=splits.val)
             probs, _ = ms.per_example(model, splits.val)
-            return {"val_acc": float((probs.argmax(1) == splits.val.y.cpu().numpy()).mean())}
+            return {"val_acc": float((probs.argmax(1) == splits.val.y.cpu().numpy()).mean()), **status}
         over = arms(cfg)[cell.arm]
         if cell.arm in TUNED:
             scores = [ctx.deps[d.key]["val_acc"] for d in self.needs(cfg, cell)[1:]]
@@ -205,14 +207,14 @@ def _one_run(cfg: MemorizationConfig, cell: Cell, over: dict, splits, classes: i
     sub = _subset(splits.train, cell.n, cell.seed)
     cm_err, means = ms.class_mean_error(sub, splits.test, classes)
     ref = {"class_mean_mse": cm_err, "ae_mse": ae_err}
-    model, curve = _train(cfg, over, sub, cell.seed, splits.test if show else None)
+    model, curve, status = _train(cfg, over, sub, cell.seed, splits.test if show else None, splits.val)
     rec, recons = ms.measure(model, sub, splits.test, cfg.probe_features, ref, cell.seed)
-    rec |= {f"ref_{k}": v for k, v in ref.items()} | {"n_train": len(sub), "chosen": over}
+    rec |= {f"ref_{k}": v for k, v in ref.items()} | {"n_train": len(sub), "chosen": over} | status
     if cell.n in {m if 0 < m < len(splits.train) else 0 for m in cfg.noise_sizes}:
         rec |= _noise_run(cfg, over, sub, splits.test, cell.seed, classes)
     if show:
         y = splits.test.y.cpu().numpy()
         idx = torch.as_tensor([int(np.flatnonzero(y == c)[0]) for c in np.unique(y)][:10])  # one per class
-        rec |= {"curve": curve, "recons": recons[idx], "originals": splits.test.x[idx].float() / 255,
+        rec |= {"train_curve": curve, "recons": recons[idx], "originals": splits.test.x[idx].float() / 255,
                 "class_means": means[splits.test.y[idx]]}
     return rec

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import stats
+from ..convergence import count_statuses, qualify
 from ..report import plots
 
 # metric -> whether higher is better (probe_score: lower = less of the input kept, what the seed wants)
@@ -22,6 +23,29 @@ DIRECTIONAL = {"probe_score", "probe_mse"}
 NAMES = {"test_acc": "test accuracy", "mia_adv": "membership-inference advantage",
          "probe_score": "probe score", "noise_memorised": "noisy labels memorised",
          "gap_acc": "accuracy gap"}
+
+
+def arms(cfg) -> dict[str, dict]:
+    """Arm name -> model-config overrides; 'plain' (lam = 0) is the reference; the tuned baselines'
+    overrides come from their tuning cells (`TUNED`)."""
+    out: dict[str, dict] = {}
+    for lam in sorted(cfg.lambdas):
+        name = "plain" if lam == 0 else f"lam={lam:+g}"
+        out[name] = {"lam": abs(lam), "mode": "plus" if lam < 0 else "minus"}
+    top = max(cfg.lambdas)
+    for form in cfg.bounded if top > 0 else ():
+        out[f"{form} lam={top:g}"] = ({"lam": top, "layernorm": True} if form == "layernorm"
+                                      else {"lam": top, "mode": form})
+    return out | {name: {} for name in TUNED}
+
+
+TUNED = {"weight decay": ("weight_decay", "tune_wd"), "dropout": ("dropout", "tune_dropout"),
+         "vib": ("vib_beta", "tune_vib")}  # baseline -> (its override, the config field of its grid)
+
+
+def grid(cfg, baseline: str) -> list[dict]:
+    key, field_name = TUNED[baseline]
+    return [{key: v} for v in getattr(cfg, field_name)]
 
 
 def _column(runs: list[dict], metric: str) -> list[float]:
@@ -85,7 +109,7 @@ def _figures(records: dict, shown: list[dict], lambdas: list[float], fig_dir: Pa
     if not shown:
         return
     for term in ("ce", "R", "test_acc"):
-        ys = {r["arm"]: (np.array([c[term] for c in r["curve"]]), None) for r in shown if r["curve"]}
+        ys = {r["arm"]: (np.array([c[term] for c in r["train_curve"]]), None) for r in shown if r["train_curve"]}
         x = np.arange(1, len(next(iter(ys.values()))[0]) + 1)
         plots.save(plots.metric_vs(x, ys, "epoch", term, f"{term} over training (first seed, largest N)"),
                    fig_dir / f"curve_{term}.png")
@@ -98,8 +122,6 @@ def _figures(records: dict, shown: list[dict], lambdas: list[float], fig_dir: Pa
 
 def _tuning(cfg, results) -> dict:
     """Per N and baseline: its grid, each point's validation accuracy and the point chosen."""
-    from .memorization import TUNED, grid
-
     out: dict = {}
     for row in results.where(arm="plain", seed=cfg.seed):
         key = f"N={row['n_train']}"
@@ -112,8 +134,6 @@ def _tuning(cfg, results) -> dict:
 
 def report(cfg, results, out: Path) -> dict:
     """The study's metrics from its stored cells (the runner writes them); figures under out/figures."""
-    from .memorization import arms
-
     lam = cfg.headline_lambda if cfg.headline_lambda in cfg.lambdas else max(cfg.lambdas)
     records: dict = {}
     for n in results.where(arm="plain").values("n"):
@@ -121,12 +141,14 @@ def report(cfg, results, out: Path) -> dict:
         key = f"N={rows.where(arm='plain').rows[0]['n_train']}"
         records[key] = {a: [{m: r[m] for m in r if m in HIGHER or m.startswith("ref_")}
                             for r in sorted(rows.where(arm=a), key=lambda r: r["seed"])] for a in arms(cfg)}
-    metrics: dict = {"verdict": {}}
-    for key, by_arm in records.items():
+    metrics: dict = {"verdict": {}, "status": count_statuses(results)}
+    for n, (key, by_arm) in zip(results.where(arm="plain").values("n"), records.items()):
         per = _per_size(by_arm)
-        per["verdict"] = metrics["verdict"][key] = _sentence(key, per, abs(lam))
+        arms_named = ("plain", f"lam={abs(lam):+g}", f"lam={-abs(lam):+g}")
+        per["verdict"] = metrics["verdict"][key] = qualify(_sentence(key, per, abs(lam)), arms_named,
+                                                           count_statuses(results.where(n=n)))
         metrics[key] = per
     metrics["tuning"] = _tuning(cfg, results)
-    shown = [r for r in results if "curve" in r]
+    shown = [r for r in results if "train_curve" in r]
     _figures(records, shown, sorted(cfg.lambdas), Path(out) / "figures")
     return metrics

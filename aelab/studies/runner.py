@@ -373,6 +373,9 @@ def _executor(cfg: StudyConfig, todo: int):
 def _summarize(study: Study, cfg: StudyConfig, path: Path, results: Results, cells: int,
                tracker: tracking.Tracker) -> Path:
     metrics = study.summarize(cfg, results, path)
+    from .lead import answer  # the report's lead: the main table with statuses, every arm's curves
+
+    metrics["answer"] = answer(study.headline, results, path)
     commits = sorted({p["git_commit"] for p in CellStore(path, _sha(config_doc(cfg))).provenance().values()})
     metrics["meta"] = {"study": study.study_name, "seed": cfg.seed, "seeds": cfg.seeds, "cells": cells,
                        "aelab_version": __version__, "git_commits": commits,  # those the cells came from
@@ -415,6 +418,8 @@ class _Progress:
         left = (self.total - self.done) * (sum(self.seconds) / len(self.seconds)) / self.workers
         line = (f"[{self.done}/{self.total}] {o.key}  {o.seconds:.1f} s{shown}" if o.ok
                 else f"[failed] {o.key}: {o.error}") + f"  (ETA {left / 60:.1f} min)"
+        if o.ok and (o.row or {}).get("status") == "collapsed":  # say so as it finishes, not in the report only
+            line += f"\nwarning: {o.key} collapsed ({o.row.get('collapse', 'see its cell')}): its output carries no information"
         if self.bar is not None:
             self.bar.update(int(o.ok))
             tqdm.write(line, file=sys.stderr)

@@ -43,6 +43,8 @@ from ..models.sen import SENConfig
 from ..models.vae import VAEConfig
 from . import semi_arms as arms
 from . import semi_report
+from .semi_report import tune_cells, tuned  # noqa: F401 (re-exported)
+from .budget import ArmBudget, check_steps
 from .base import (Cell, CellContext, Results, Study, StudyConfig, dataset_of, load_state_arrays, register_study,
                    seeds_of, state_arrays)
 
@@ -50,20 +52,26 @@ ARMS = ("supervised", "pretrain-finetune", "sen", "sen+pl", "ladder-gamma", "lad
 
 
 @dataclass
-class Epochs:
-    """Each arm's budget in passes over the training images (the best epoch is kept by validation).
-    The defaults fit the Fashion-MNIST study in an hour on 2 CPU cores; configs/semi_gpu.toml holds the
-    papers' (README, semi: each beside its paper's)."""
+class Steps:
+    """Each arm's budget in optimiser steps at train.batch_size (the best point of its validation curve is
+    kept). The defaults are the passes that fit the Fashion-MNIST study in an hour on 2 CPU cores, as
+    steps (540 a pass over its 54,000 training images at batch 100); configs/semi_gpu.toml holds the
+    papers' (README, semi: each beside its paper's; `PAPER`)."""
 
-    supervised: int = 3  # 1,620 steps of 100 labelled images: ~16 passes over 10,000 labels, ~1,600 over 100
-    pretrain: int = 2  # the conv AE of pretrain-finetune
-    finetune: int = 3
-    sen: int = 2  # sen and sen+pl each
-    ladder_gamma: int = 4
-    ladder_full: int = 8  # the paper's 150; on Fashion-MNIST validation accuracy rose to ~0.75 by 5-11 of 12
-    m1: int = 6  # the VAE under M2
-    m2: int = 6
-    aae: int = 3
+    supervised: int = 1620  # ~16 passes over 10,000 labels, ~1,600 over 100
+    pretrain: int = 1080  # the conv AE of pretrain-finetune
+    finetune: int = 1620
+    sen: int = 1080  # sen and sen+pl each
+    ladder_gamma: int = 2160
+    ladder_full: int = 4320  # the paper's 90,000; on Fashion-MNIST validation accuracy rose to ~0.75 by 5-11 passes of 12
+    m1: int = 3240  # the VAE under M2
+    m2: int = 3240
+    aae: int = 1620
+
+
+# The papers' step counts where they state one (at batch 100 on MNIST's 60,000 images: 600 a pass):
+# Rasmus et al. 2015, 150 passes for both ladders; their Conv-Small baseline, 20 passes.
+PAPER = {"ladder_full": 90_000, "ladder_gamma": 90_000, "supervised": 12_000}
 
 
 @dataclass
@@ -92,7 +100,7 @@ class SemiStudyConfig(StudyConfig):
     shift: int = 2
     hflip: bool = False  # clothes: true (configs/semi_fashion.toml); digits: false
     target: float = 0.80  # the bar: best arm's test accuracy at the smallest label count
-    epochs: Epochs = field(default_factory=Epochs)
+    steps: Steps = field(default_factory=Steps)
     lr: Rates = field(default_factory=Rates)
     # the baseline: its network, noise and learning rate come from the tuning cells
     supervised: LadderConfig = field(default_factory=lambda: LadderConfig(name="ladder", variant="supervised"))
@@ -124,9 +132,7 @@ class SemiStudyConfig(StudyConfig):
             raise ConfigError(f"tune_arch={list(self.tune_arch)}: choose from {', '.join(sorted(archs))}")
         if self.data.val_fraction <= 0:
             raise ConfigError("data.val_fraction must be > 0: every choice in this study is made on validation")
-        for f in dataclasses.fields(Epochs):
-            if getattr(self.epochs, f.name) <= 0:
-                raise ConfigError(f"epochs.{f.name} must be > 0")
+        check_steps(**{f"steps.{f.name}": getattr(self.steps, f.name) for f in dataclasses.fields(Steps)})
         for m in (self.supervised, self.gamma, self.ladder, self.m1, self.m2, self.aae, self.sen, self.ae):
             m.check()
 
@@ -138,6 +144,32 @@ class SemiStudy(Study):
 
     def preset(self, cfg: SemiStudyConfig) -> SemiStudyConfig:
         return semi_report.quick_preset(cfg)
+
+    def budgets(self, cfg: SemiStudyConfig) -> list[ArmBudget]:
+        """Each arm's steps (the pretraining cells' too), beside the paper's; the probe trains the arm's model."""
+        s, bs, aug = cfg.steps, cfg.train.batch_size, {"rotate": cfg.rotate, "shift": cfg.shift, "hflip": cfg.hflip}
+        sup = dataclasses.replace(cfg.supervised, arch=cfg.tune_arch[0], noise=cfg.tune_noise[0])
+        models = {"supervised": (sup, s.supervised, cfg.tune_lr[0], "supervised", ("supervised", "tune:")),
+                  "pretrain:ae": (cfg.ae, s.pretrain, cfg.lr.pretrain, "pretrain", None),
+                  "pretrain:m1": (cfg.m1, s.m1, cfg.lr.m1, "m1", None),
+                  "pretrain-finetune": (None, s.finetune, cfg.lr.finetune, "finetune", None),
+                  "sen": (cfg.sen, s.sen, cfg.lr.sen, "sen", ("sen",)),
+                  "ladder-gamma": (cfg.gamma, s.ladder_gamma, cfg.lr.ladder, "ladder_gamma", None),
+                  "ladder-full": (cfg.ladder, s.ladder_full, cfg.lr.ladder, "ladder_full", None),
+                  "m2": (None, s.m2, cfg.lr.m2, "m2", None), "aae": (cfg.aae, s.aae, cfg.lr.aae, "aae", None)}
+        out = []
+        for arm, (mcfg, steps, lr, key, match) in models.items():
+            budget = arms.Budget(steps, lr, bs, cfg.budget)
+            probe = None
+            if mcfg is not None:  # M2 and the fine-tuning need a stored pretraining cell: no probe of their own
+                def probe(splits, mcfg=mcfg, budget=budget, pre=arm.startswith("pretrain")):
+                    data, shape = with_labels(splits.train, 100, cfg.seed), tuple(splits.train.x.shape[1:])
+                    model = build_model(mcfg, shape, 10) if pre else \
+                        arms.pooled(dataclasses.replace(mcfg, **aug), data, shape, 10, cfg.seed)
+                    return model, data, budget.train(cfg.train)
+            out.append(ArmBudget(arm, steps, bs, PAPER.get(key), "" if key in PAPER else "not stated",
+                                 match or (arm,), probe))
+        return out
 
     def cells(self, cfg: SemiStudyConfig) -> list[Cell]:
         _check_labels(cfg)  # before anything trains
@@ -159,11 +191,12 @@ class SemiStudy(Study):
         splits = ctx.data(cfg)
         data = with_labels(splits.train, cell.n, cell.seed)
         if cell.arm.startswith("pretrain:"):
-            model = self._pretrain(cfg, cell, data)
-            return state_arrays(model)
+            model, status = self._pretrain(cfg, cell, data)
+            return state_arrays(model) | status
         model, curve = self._train(cfg, cell, ctx, data, splits.val)
-        out = {"val_acc": max(curve), "best_epoch": curve.index(max(curve)) + 1, "val_curve": curve,
-               "n_labels": int((data.y >= 0).sum())}
+        best = int(np.argmax(curve.array()[:, 1]))
+        out = {"val_acc": float(curve.array()[best, 1]), "best_step": int(curve.array()[best, 0]),
+               "n_labels": int((data.y >= 0).sum()), **curve.result(arms.collapse(model, splits.val))}
         if not cell.arm.startswith("tune:"):
             out["test_acc"] = arms.accuracy(model, splits.test)
             if cell.seed == cfg.seed and cell.n == cfg.labels[0]:
@@ -172,29 +205,29 @@ class SemiStudy(Study):
 
     def _pretrain(self, cfg: SemiStudyConfig, cell: Cell, data: DeviceData):
         m1 = cell.arm == "pretrain:m1"
-        budget = arms.Budget(cfg.epochs.m1 if m1 else cfg.epochs.pretrain, cfg.lr.m1 if m1 else cfg.lr.pretrain,
-                             cfg.train.batch_size)
+        budget = arms.Budget(cfg.steps.m1 if m1 else cfg.steps.pretrain, cfg.lr.m1 if m1 else cfg.lr.pretrain,
+                             cfg.train.batch_size, cfg.budget)
         return arms.pretrain(cfg.m1 if m1 else cfg.ae, data, budget, cfg.train, cell.seed)
 
     def _train(self, cfg: SemiStudyConfig, cell: Cell, ctx: CellContext, data: DeviceData, val: DeviceData):
-        arm, e, r, bs = cell.arm, cfg.epochs, cfg.lr, cfg.train.batch_size
+        arm, e, r, bs, b = cell.arm, cfg.steps, cfg.lr, cfg.train.batch_size, cfg.budget
         aug = {"rotate": cfg.rotate, "shift": cfg.shift, "hflip": cfg.hflip}
         if arm == "pretrain-finetune":
             ae = self._load(cfg.ae, data, ctx.deps[Cell("pretrain:ae", cell.seed, 0).key])
-            return arms.train_finetune(ae, data, val, arms.Budget(e.finetune, r.finetune, bs), cfg.train,
+            return arms.train_finetune(ae, data, val, arms.Budget(e.finetune, r.finetune, bs, b), cfg.train,
                                        cell.seed, DataConfig(**aug))
         if arm.startswith("tune:") or arm == "supervised":
             arch, noise, lr = tuned(arm) if arm.startswith("tune:") else best_setting(cfg, cell, ctx)
             model_cfg = dataclasses.replace(cfg.supervised, arch=arch, noise=noise)
-            budget = arms.Budget(e.supervised, lr, bs)
+            budget = arms.Budget(e.supervised, lr, bs, b)
         else:
             model_cfg, budget = {
-                "sen": (dataclasses.replace(cfg.sen, pseudo=False), arms.Budget(e.sen, r.sen, bs)),
-                "sen+pl": (dataclasses.replace(cfg.sen, pseudo=True), arms.Budget(e.sen, r.sen, bs)),
-                "ladder-gamma": (cfg.gamma, arms.Budget(e.ladder_gamma, r.ladder, bs)),
-                "ladder-full": (cfg.ladder, arms.Budget(e.ladder_full, r.ladder, bs)),
-                "m2": (cfg.m2, arms.Budget(e.m2, r.m2, bs)),
-                "aae": (cfg.aae, arms.Budget(e.aae, r.aae, bs))}[arm]
+                "sen": (dataclasses.replace(cfg.sen, pseudo=False), arms.Budget(e.sen, r.sen, bs, b)),
+                "sen+pl": (dataclasses.replace(cfg.sen, pseudo=True), arms.Budget(e.sen, r.sen, bs, b)),
+                "ladder-gamma": (cfg.gamma, arms.Budget(e.ladder_gamma, r.ladder, bs, b)),
+                "ladder-full": (cfg.ladder, arms.Budget(e.ladder_full, r.ladder, bs, b)),
+                "m2": (cfg.m2, arms.Budget(e.m2, r.m2, bs, b)),
+                "aae": (cfg.aae, arms.Budget(e.aae, r.aae, bs, b))}[arm]
         prepare = None
         if arm == "m2":  # M2's copy of M1 has the study's M1 shape; its weights come from the pretraining cell
             model_cfg = dataclasses.replace(model_cfg, m1_latent=cfg.m1.latent_dim, m1_hidden=cfg.m1.hidden)
@@ -209,18 +242,6 @@ class SemiStudy(Study):
 
     def summarize(self, cfg: SemiStudyConfig, results: Results, out) -> dict:
         return semi_report.summarize(cfg, results, out)
-
-
-def tune_cells(cfg: SemiStudyConfig, n: int) -> list[Cell]:
-    """The supervised baseline's tuning cells at label count `n`: every setting, at the first seed."""
-    return [Cell(f"tune:supervised:{arch}:noise={noise:g}:lr={lr:g}", cfg.seed, n)
-            for arch in cfg.tune_arch for noise in cfg.tune_noise for lr in cfg.tune_lr]
-
-
-def tuned(arm: str) -> tuple[str, float, float]:
-    """(network, noise, learning rate) of a tuning cell's arm name."""
-    _, _, arch, noise, lr = arm.split(":")
-    return arch, float(noise.split("=")[1]), float(lr.split("=")[1])
 
 
 def best_setting(cfg: SemiStudyConfig, cell: Cell, ctx: CellContext) -> tuple[str, float, float]:

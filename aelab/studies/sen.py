@@ -34,7 +34,9 @@ from ..models import build_model
 from ..models.sen import SEN, SENConfig
 from ..report import plots
 from .sen_gan import batch_size_summary, frechet_pca, gan_frechet, subsample  # noqa: F401 (frechet_pca: tests)
+from ..convergence import classifier_collapse, qualify
 from .base import Cell, CellContext, Results, Study, StudyConfig, dataset_of, register_study, seeds_of
+from .budget import ArmBudget, Curve, check_steps, probe_rows, status_counts, train_cfg
 
 ABLATIONS = {"no-gan": {"gan_round": False}, "no-ae": {"ae_round": False},
              "no-aug": {"rotate": 0.0, "shift": 0, "hflip": False}, "direct": {"route": "direct"}}
@@ -47,7 +49,10 @@ class SENStudyConfig(StudyConfig):
     n_train: int = 10000  # training images used (labelled + unlabelled); 0 = all
     ablations: bool = True
     baselines: bool = True
-    milestones: tuple[int, ...] = (1, 2, 4)  # epochs after which the seed's figure is drawn
+    # optimiser steps of every arm (each stage of pretrain-finetune) at train.batch_size: 20 passes over
+    # the 10,000 n_train images at batch 128 (the budget before steps; sen_fashion.toml: 500 = 4 x 8,000 / 64)
+    steps: int = 1560
+    milestones: tuple[int, ...] = (1, 2, 4)  # passes after which the seed's figure is drawn
     batch_sizes: tuple[int, ...] = (4, 32, 128)  # the GAN batch-size check; () = skip
     bs_images: int = 4000  # images each batch-size arm trains on (one pass)
     target: float = 0.80  # the bar: test accuracy at the smallest label count
@@ -55,6 +60,7 @@ class SENStudyConfig(StudyConfig):
     def check(self) -> None:
         super().check()
         self.model.check()
+        check_steps(steps=self.steps)
         if not self.labels or min(self.labels) <= 0 or min(self.batch_sizes, default=1) <= 0:
             raise ConfigError("labels and batch_sizes must hold positive numbers")
         if self.n_train < 0 or self.bs_images <= 0:
@@ -73,9 +79,22 @@ class SENStudy(Study):
 
     def preset(self, cfg: SENStudyConfig) -> SENStudyConfig:  # minutes on a CPU: fewer images, epochs, labels, seeds
         return dataclasses.replace(cfg, n_train=min(cfg.n_train or 3000, 3000), seeds=min(cfg.seeds, 2),
-                                   train=dataclasses.replace(cfg.train, epochs=min(cfg.train.epochs, 3)),
+                                   budget=cfg.budget * 0.3,
                                    labels=cfg.labels[:2], bs_images=min(cfg.bs_images, 1200),
                                    batch_sizes=cfg.batch_sizes[:2])
+
+    def budgets(self, cfg: SENStudyConfig) -> list[ArmBudget]:
+        tcfg, k = train_cfg(cfg.train, cfg.steps, cfg.budget), 10
+
+        def probe(splits):
+            data = with_labels(splits.train, 10 * k, k, cfg.seed)
+            model = build_model(cfg.model, splits.train.x.shape[1:], k)
+            model.set_pool(data.labelled().x, data.labelled().y)
+            return model, data, tcfg
+        stages = "two stages of it (pretrain-finetune)"
+        return [ArmBudget("SEN arms and baselines", cfg.steps, cfg.train.batch_size, None,
+                          f"seed 003 states none; {stages}", ("sen", "supervised", "pretrain", "no-", "direct"), probe),
+                ArmBudget("gan-batch-size", 0, 0, None, f"one pass over bs_images at each batch size")]
 
     def cells(self, cfg: SENStudyConfig) -> list[Cell]:
         _check_labels(cfg)  # before anything trains
@@ -89,16 +108,22 @@ class SENStudy(Study):
             return {"fd": gan_frechet(cfg, train, splits.test, k, cell.n, cell.seed)}
         shown = cell.seed == cfg.seed and cell.n == cfg.labels[0] and cell.arm == "sen+pl"
         figures: dict = {}
+        seen = probe_rows(splits.val)  # validation accuracy on a fixed 1,000 rows: the curve
+        curve = Curve("val.acc", higher_is_better=True, metric=lambda: _accuracy(model_of[0], seen))
+        model_of: list = []
         model = _train_arm(cfg, train, cell.n, k, cell.seed, _arms(cfg, cell.n)[cell.arm],
-                           _milestones(cfg, splits.test, figures) if shown else None)
-        out = {"test_acc": _accuracy(model, splits.test), "val_acc": _accuracy(model, splits.val)}
+                           _milestones(cfg, splits.test, figures) if shown else None, curve, model_of)
+        out = {"test_acc": _accuracy(model, splits.test), "val_acc": _accuracy(model, splits.val),
+               **curve.result(classifier_collapse(_predict(model, seen)))}
         return out | (figures | _figure_arrays(cfg, model) if shown else {})
 
     def summarize(self, cfg: SENStudyConfig, results: Results, out: Path) -> dict:
         arms = [a for a in results.values("arm") if a != "gan-batch-size"]
         acc = {a: {str(n): stats.summary(results.column("test_acc", arm=a, n=n)) for n in results.where(arm=a).values("n")}
                for a in arms}
-        metrics = {"accuracy": acc, "comparisons": _comparisons(results, cfg.labels), "bar": _bar(results, cfg)}
+        counts = status_counts(results)
+        metrics = {"accuracy": acc, "status": counts, "comparisons": _comparisons(results, cfg.labels, counts),
+                   "bar": _bar(results, cfg, counts)}
         _figures(results, cfg, out)
         if cfg.batch_sizes:
             metrics["batch_size"] = batch_size_summary(results, cfg, out)
@@ -131,18 +156,23 @@ def _arms(cfg: SENStudyConfig, n: int) -> dict[str, dict]:
     return arms
 
 
-def _train_arm(cfg: SENStudyConfig, train: DeviceData, n: int, k: int, seed: int, kw: dict, on_epoch=None) -> SEN:
-    """Train one arm with one seed on `n` labels (n // k per class, the rest of `train` unlabelled)."""
+def _train_arm(cfg: SENStudyConfig, train: DeviceData, n: int, k: int, seed: int, kw: dict, on_epoch=None,
+               on_eval=None, model_of: list | None = None) -> SEN:
+    """Train one arm with one seed on `n` labels (n // k per class, the rest of `train` unlabelled);
+    `on_eval` gets its curve points (the model is put in `model_of` for it to read)."""
     kw = dict(kw)
     stages = kw.pop("stages", [{}])
     data = with_labels(train, n, k, seed)
     torch.manual_seed(seed)
     model = build_model(dataclasses.replace(cfg.model, **kw, **stages[0]), train.x.shape[1:], k)
     model.to(train.device).set_pool(data.labelled().x, data.labelled().y)
-    for stage in stages:  # players() reads the config, so a stage switches rounds on and off
+    if model_of is not None:
+        model_of.append(model)
+    for i, stage in enumerate(stages):  # players() reads the config, so a stage switches rounds on and off
         model.cfg = dataclasses.replace(model.cfg, **stage)
-        fit(model, data, dataclasses.replace(cfg.train, progress="off"), seed=seed,
-            on_epoch=(lambda row: on_epoch(model, row)) if on_epoch else None)
+        last = i == len(stages) - 1  # the curve follows the stage that trains the classifier
+        fit(model, data, train_cfg(cfg.train, cfg.steps, cfg.budget), seed=seed,
+            on_epoch=(lambda row: on_epoch(model, row)) if on_epoch else None, on_eval=on_eval if last else None)
     return model
 
 
@@ -186,21 +216,28 @@ def with_labels(train: DeviceData, n: int, k: int, seed: int) -> DeviceData:
 
 
 @torch.no_grad()
-def _accuracy(model: SEN, data: DeviceData) -> float:
+def _predict(model: SEN, data: DeviceData) -> "np.ndarray":
+    """Predicted classes (N,) in eval mode; the model's mode is restored (curves read it mid-training)."""
+    was = model.training
     model.eval()
-    hits = sum(int((model.classify(data.batch(slice(s, s + 1024))["x"]).argmax(1) == data.y[s:s + 1024]).sum())
-               for s in range(0, len(data), 1024))
-    return hits / len(data)
+    pred = torch.cat([model.classify(data.batch(slice(s, s + 1024))["x"]).argmax(1) for s in range(0, len(data), 1024)])
+    model.train(was)
+    return pred.cpu().numpy()
 
 
-def _comparisons(results: Results, labels: tuple[int, ...]) -> dict:
+def _accuracy(model: SEN, data: DeviceData) -> float:
+    return float((_predict(model, data) == data.y.cpu().numpy()).mean())
+
+
+def _comparisons(results: Results, labels: tuple[int, ...], counts: dict) -> dict:
     """Paired differences (same seeds) and the verdicts read off their intervals."""
     out, arms = {}, set(results.values("arm"))
 
     def versus(a: str, b: str, n: int, better: str, same: str) -> dict:
         d = stats.paired(results.column("test_acc", arm=a, n=n), results.column("test_acc", arm=b, n=n))
         v = stats.verdict(d)
-        return {"diff": d, "verdict": same if v == "no measurable difference" else better.format(v)}
+        return {"diff": d, "verdict": qualify(same if v == "no measurable difference" else better.format(v), (a, b),
+                                              counts)}
 
     for n in labels:
         for a, b in [("sen+pl", "supervised"), ("sen+pl", "pretrain-finetune"), ("sen", "supervised"),
@@ -214,7 +251,7 @@ def _comparisons(results: Results, labels: tuple[int, ...]) -> dict:
     return out
 
 
-def _bar(results: Results, cfg: SENStudyConfig) -> dict:
+def _bar(results: Results, cfg: SENStudyConfig, counts: dict) -> dict:
     """The best SEN arm at the fewest labels, chosen by validation accuracy, reported on test."""
     n = cfg.labels[0]
     cands = [a for a in ("sen", "sen+pl") if results.where(arm=a, n=n).rows]
@@ -223,8 +260,8 @@ def _bar(results: Results, cfg: SENStudyConfig) -> dict:
     return {"labels": n, "target": cfg.target, "best_arm": best, "chosen_by": "validation accuracy",
             "val_mean": float(np.mean(results.column("val_acc", arm=best, n=n))), "mean": mean,
             "met": mean >= cfg.target,
-            "verdict": f"{best} (chosen on validation): {mean:.3f} test accuracy with {n} labels, "
-                       f"{'meets' if mean >= cfg.target else 'misses'} the {cfg.target:.2f} bar"}
+            "verdict": qualify(f"{best} (chosen on validation): {mean:.3f} test accuracy with {n} labels, "
+                               f"{'meets' if mean >= cfg.target else 'misses'} the {cfg.target:.2f} bar", [best], counts)}
 
 
 def _figures(results: Results, cfg: SENStudyConfig, out: Path) -> None:
