@@ -211,10 +211,12 @@ class _Loop:
 
     def _end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         self.dist.broadcast_module(self.model, buffers_only=True)  # BatchNorm statistics of rank 0
-        if self.val is not None:
+        every, step = self.cfg.eval_every, self.state.step
+        # Passes shorter than eval_every (a training set of a few batches) validate only at its points:
+        # 700 one-step passes must not mean 700 validations. Longer passes validate at each end, as before.
+        if self.val is not None and (not every or self.per_epoch >= every or step % every == 0 or step >= self.total):
             row.update({f"val.{k}": v for k, v in evaluate(self.model, self.val).items()})
             self.best_weights = _early_stop(self.model, self.cfg, self.state, row, self.best_weights)
-        every, step = self.cfg.eval_every, self.state.step
         if not every or step % every == 0 or step >= self.total or self.state.stopped_early:
             self._eval_point(epoch, row)
         self.state.history.append(row)

@@ -240,6 +240,16 @@ def test_eval_every_gives_curve_points_within_a_pass_and_at_the_last_step(blob_s
     assert all(math.isfinite(p["val.loss"]) for p in points)
 
 
+
+def test_passes_shorter_than_eval_every_validate_only_at_its_points(blob_splits):
+    """A training set of one batch: 40 one-step passes, validated at steps 10, 20, 30, 40, not 40 times."""
+    small = blob_splits.train.subset(torch.arange(16))
+    torch.manual_seed(0)
+    history = fit(build_model("conv", (1, 8, 8)), small, TrainConfig(**{**CFG, "steps": 40, "eval_every": 10}),
+                  val=blob_splits.val)
+    assert len(history) == 40
+    assert [r["step"] for r in history if "val.loss" in r] == [10, 20, 30, 40]
+
 def test_resume_keeps_the_curve_points(blob_splits, tmp_path):
     cfg = TrainConfig(**{**CFG, "eval_every": 5})
     torch.manual_seed(0)
