@@ -15,7 +15,7 @@ from aelab.data.device import DeviceData
 from aelab.errors import ConfigError
 from aelab.studies import run_study, study_status
 from aelab.studies.base import Cell, Results
-from aelab.studies.semi import ARMS, SemiStudy, SemiStudyConfig, with_labels
+from aelab.studies.semi import ARMS, REFERENCE, SemiStudy, SemiStudyConfig, with_labels
 from aelab.studies.semi_report import summarize
 
 
@@ -36,6 +36,8 @@ def test_grid_tunes_before_the_baseline_and_pretrains_before_its_users():
     assert study.needs(cfg, Cell("m2", 1, 100)) == [Cell("pretrain:m1", 1, 0)]
     assert study.needs(cfg, Cell("pretrain-finetune", 0, 1000)) == [Cell("pretrain:ae", 0, 0)]
     assert study.needs(cfg, Cell("ladder-full", 0, 100)) == []
+    assert study.needs(cfg, Cell("vat", 1, 100)) == [Cell(f"tune:vat:eps={e}", 0, 100) for e in ("0.3", "1", "3")]
+    assert not [c for c in grid if c.arm.startswith("tune:vat") and c.n == 0]  # VAT has no ceiling cells
 
 
 def test_labels_are_kept_per_seed_and_class_balanced():
@@ -83,7 +85,8 @@ def test_bar_takes_the_best_arm_on_validation_and_pairs_it_with_the_baseline(tmp
 
 
 def test_quick_study_on_digits(tmp_path):
-    path = run_study("semi", overrides=["data=digits", "quick=true", "workers=1", f"out_dir={tmp_path}"])
+    path = run_study("semi", overrides=["data=digits", "quick=true", "workers=1", f"out_dir={tmp_path}",
+                                        "val_small=50"])
     m = json.loads((path / "metrics.json").read_text())
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["seeds"] == 2 and cfg["labels"] == [100]  # the preset is stored as it ran
@@ -104,9 +107,21 @@ def test_quick_study_on_digits(tmp_path):
     assert sup["result"]["val_acc"] == curve[:, 1].max()  # the best point was kept
     assert sup["result"]["best_step"] == curve[curve[:, 1].argmax(), 0] and curve[-1, 0] == 73  # 4.5% of 1,620
     assert sum(m["status"]["ladder-full"].values()) == 2 and sup["result"]["status"] in m["status"]["supervised"]
-    assert m["bar"]["best_arm"] == max((a for a in ARMS if a != "supervised"),
-                                       key=lambda a: np.mean([v["result"]["val_acc"] for k, v in cells.items()
-                                                              if k.startswith(f"{a}.n100.")]))
+    for suffix, bar in (("", m["bar"]), ("_small", m["bar_small_val"])):  # VAT is in its own league
+        assert bar["best_arm"] == max((a for a in ARMS if a != "supervised" and a not in REFERENCE),
+                                      key=lambda a: np.mean([v["result"][f"val_acc{suffix}"] for k, v in cells.items()
+                                                             if k.startswith(f"{a}.n100.")]))
+        d = [v["result"][f"test_acc{suffix}"] for a in (bar["best_arm"], "vat") for k, v in sorted(cells.items())
+             if k.startswith(f"{a}.n100.")]
+        assert bar[f"{bar['best_arm']} - vat"]["diff"]["mean"] == pytest.approx(np.mean(d[:2]) - np.mean(d[2:]))
+    # the few-label protocol: 50 labelled validation images, every cell's point and every setting chosen again
+    assert m["validation_size"]["small"] == 50 and m["validation_size"]["held-out split"] == 144  # 10% of the 1,437 training digits
+    assert all(v["result"]["val_small"] == 50 for k, v in cells.items() if not k.startswith("pretrain"))
+    eps = {float(k.split("eps=")[1].split(".n100")[0]): v["result"]["val_acc_small"] for k, v in cells.items()
+           if k.startswith("tune_vat")}
+    assert m["tuning"]["100"]["vat_chosen_eps_small"] == max(eps, key=eps.get)
+    assert m["accuracy_small_val"]["vat"]["100"]["mean"] == pytest.approx(np.mean(
+        [v["result"]["test_acc_small"] for k, v in cells.items() if k.startswith("vat.n100.")]))
     for name in ("accuracy_vs_labels", "style_class_m2", "style_class_aae", "ladder_denoised"):
         assert (path / "figures" / f"{name}.png").exists(), name
     assert lr in (1e-3, 3e-3)
@@ -129,3 +144,55 @@ def test_quick_study_on_a_gpu(tmp_path):
                                         f"out_dir={tmp_path}"])
     m = json.loads((path / "metrics.json").read_text())
     assert set(m["accuracy"]) == set(ARMS) and m["accuracy"]["supervised"]["all"]["mean"] > 0.2
+
+
+def test_a_killed_long_cell_resumes_from_its_last_pass(tmp_path, monkeypatch):
+    """A study cell of CHECKPOINT_STEPS or more checkpoints each pass (a paper-budget ladder cell trains for
+    hours): killed mid-run, it continues from its last pass with its curves and best points (on the
+    validation split and on the small set), and ends exactly where an uninterrupted run ends."""
+    from aelab.config import TrainConfig
+    from aelab.data import load_dataset
+    from aelab.data.device import to_device
+    from aelab.models.ladder import LadderConfig
+    from aelab.studies import budget as budget_mod
+    from aelab.studies import semi_arms as arms
+
+    monkeypatch.setattr(budget_mod, "CHECKPOINT_STEPS", 10)
+    splits = to_device(load_dataset("digits"), torch.device("cpu"), 0.1, 0)
+    data, small = with_labels(splits.train, 50, 0), with_labels(splits.val, 30, 0).labelled()
+    cfg = LadderConfig(name="ladder", variant="full", hidden=(32,), latent_dim=16)
+    train = TrainConfig(batch_size=100, progress="off", schedule="cosine")  # Budget sets steps and points
+
+    def run(workdir):
+        return arms.train_pooled(cfg, data, splits.val, arms.Budget(60, 2e-3, 100), train, 0, workdir=workdir,
+                                 small=small)
+
+    whole, sel = run(None)
+    calls, real = {"n": 0}, arms.accuracy
+
+    def dies_at_the_fifth_point(model, d):
+        calls["n"] += 1
+        if calls["n"] == 9:  # the 5th curve point's small-set read, mid-run (both sets are read per point)
+            raise KeyboardInterrupt
+        return real(model, d)
+
+    monkeypatch.setattr(arms, "accuracy", dies_at_the_fifth_point)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cell")
+    assert (tmp_path / "cell" / "checkpoint.safetensors").exists() and (tmp_path / "cell" / arms.BEST).exists()
+    counted = {"n": 0}
+
+    def counting(model, d):
+        counted["n"] += 1
+        return real(model, d)
+
+    monkeypatch.setattr(arms, "accuracy", counting)
+    again, sel2 = run(tmp_path / "cell")
+    # 20 points (every 3 steps), passes of 12 steps: killed at the 5th point (step 15), the checkpoint
+    # of pass 1 (step 12) holds the first 4, and the resumed run reads the other 16 on both sets
+    assert len(sel.curve.points) == 20 and counted["n"] == 2 * 16
+    assert sel2.curve.points == sel.curve.points and sel2.small.curve.points == sel.small.curve.points
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    for k, v in sel.small.best.items():
+        assert torch.equal(v, sel2.small.best[k]), k

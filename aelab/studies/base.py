@@ -119,11 +119,14 @@ class CellContext:
     cells it needs, and a per-process cache (data sets are loaded once per worker, not once per cell).
     `scope` (the study config's hash) is part of every cache key: one process may run cells of several
     studies (the Python API, workers=1, a reused Ray worker), and a value made for one config must
-    never answer for another."""
+    never answer for another. `workdir` (a folder of the study's, or None) is where a long cell keeps
+    its training checkpoint: a killed study's `--resume` continues such a cell from its last pass, not
+    from step 0 (a paper-budget ladder cell trains for hours); the runner deletes it once the cell is stored."""
 
     device: Any
     deps: dict[str, dict[str, Any]] = field(default_factory=dict)
     scope: str = ""
+    workdir: Path | None = None
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         key = (self.scope, key)

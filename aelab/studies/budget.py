@@ -19,6 +19,9 @@ from ..convergence import cell_status
 from ..errors import ConfigError
 
 POINTS = 16  # curve points per training run: enough for a slope and its noise, cheap to evaluate
+# A cell training at least this many steps checkpoints each pass into its workdir (CellContext), so a
+# killed study resumes it from its last pass; a shorter one (minutes at most) simply runs again.
+CHECKPOINT_STEPS = 2000
 PROBE_ROWS = 1000  # training images a cell without a validation split evaluates its loss on
 
 
@@ -82,6 +85,23 @@ def probe_rows(data, rows: int = PROBE_ROWS):
     import torch
 
     return data.subset(torch.arange(min(rows, len(data)), device=data.device))
+
+
+def checkpointing(workdir, steps: int) -> tuple[Any, bool, list[dict]]:
+    """(run_dir for `fit`, whether to resume, the curve points stored so far) for a cell of `steps`
+    steps: no run_dir below CHECKPOINT_STEPS or without a workdir; resume where a checkpoint is left."""
+    from pathlib import Path
+
+    from ..checkpoint import read_training
+    from ..engine import CHECKPOINT
+
+    if workdir is None or steps < CHECKPOINT_STEPS:
+        return None, False, []
+    path = Path(workdir) / CHECKPOINT
+    if not path.exists():
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        return workdir, False, []
+    return workdir, True, list(read_training(path)[1]["state"].get("evals", []))
 
 
 class Curve:

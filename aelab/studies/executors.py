@@ -9,9 +9,12 @@ whose result cannot be stored (not serialisable, a full disk), comes back as a f
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import ctypes
+import hashlib
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -62,16 +65,17 @@ def _materialise(study_name: str, cfg_doc: dict):
 
 
 def compute_cell(study_name: str, cfg_doc: dict, key: str, deps: dict, device: str | None,
-                 scope: str = "") -> tuple[dict, float, str]:
+                 scope: str = "", workdir: Path | None = None) -> tuple[dict, float, str]:
     """Run one cell here: (its result, seconds, the device it ran on). `scope` keys the process-wide
-    cache (`CellContext.cached`), so two studies in one process never read each other's values."""
+    cache (`CellContext.cached`), so two studies in one process never read each other's values;
+    `workdir` is where the cell may keep a training checkpoint (CellContext)."""
     from ..data.device import pick_device
     from .base import CellContext
 
     study, cfg, grid = _materialise(study_name, cfg_doc)
     dev = torch.device(device) if device else pick_device(cfg.train.device)
     t0 = time.perf_counter()
-    result = study.run_cell(cfg, grid[key], CellContext(dev, deps, scope))
+    result = study.run_cell(cfg, grid[key], CellContext(dev, deps, scope, workdir))
     return result, time.perf_counter() - t0, str(dev)
 
 
@@ -93,9 +97,10 @@ def run_cell_task(study_name: str, cfg_doc: dict, key: str, deps: dict, folder: 
 
     t0 = time.perf_counter()
     meta: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(), **code_version()}
+    workdir = partial_dir(Path(folder), key) if folder is not None else None
     try:
         result, meta["seconds"], meta["device"] = compute_cell(study_name, cfg_doc, key, deps,
-                                                               _WORKER.get("device"), config_sha)
+                                                               _WORKER.get("device"), config_sha, workdir)
     except TrainingInterrupted:  # Ctrl-C / SIGTERM: the study stops; this cell is simply not stored
         raise
     except Exception as e:  # noqa: BLE001  one cell's failure is recorded; the others go on
@@ -105,7 +110,17 @@ def run_cell_task(study_name: str, cfg_doc: dict, key: str, deps: dict, folder: 
     if folder is None:  # Ray: the driver stores it, and a driver without CUDA must be able to read it
         return Outcome(key, True, meta["seconds"], result=to_host(result), meta=meta)
     cell = _materialise(study_name, cfg_doc)[2][key].record()
-    return store_cell(CellStore(Path(folder), config_sha), key, cell, result, meta)
+    out = store_cell(CellStore(Path(folder), config_sha), key, cell, result, meta)
+    if out.ok:  # stored: its training checkpoint has served
+        shutil.rmtree(workdir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the last one out removes the folder
+            workdir.parent.rmdir()
+    return out
+
+
+def partial_dir(folder: Path, key: str) -> Path:
+    """The folder where cell `key` of the study in `folder` keeps its training checkpoint until it is stored."""
+    return folder / "partial" / hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def store_cell(store, key: str, cell: dict, result: dict, meta: dict) -> Outcome:

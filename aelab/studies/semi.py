@@ -16,10 +16,16 @@ augmentation of the labelled images (`rotate`, `shift`, `hflip`):
   ladder-full        the full ladder: a denoising cost on every layer
   m2                 M1+M2 (Kingma et al. 2014): M2 on the codes of a VAE trained on every image
   aae                the semi-supervised adversarial autoencoder (Makhzani et al. 2015)
+  vat                virtual adversarial training (Miyato et al. 2018) on the ladder's MLP: a reference from
+                     outside the autoencoder family, in its own league (never the bar's "best arm"); its
+                     eps (`tune_eps`) chosen on validation by tuning cells, like the baseline's settings
 Validation: a labelled split (`data.val_fraction` of the training images) is held out as the papers
 do, outside the label budget and never used for training, the same rule for every arm: every arm
 keeps its best epoch by validation accuracy, the baseline's learning rate is chosen on it, and the
-best arm is chosen on it; test accuracy is read once per cell, at the end. The unlabelled images are
+best arm is chosen on it; test accuracy is read once per cell, at the end. `val_small` > 0 adds the
+realistic protocol (Oliver et al. 2018): a labelled validation set of that many images (class-balanced,
+drawn from the held-out split per seed), on which every cell also picks its best point and every
+choice is made again; the summary gives the verdicts under both protocols. The unlabelled images are
 the rest of the training split. Seeds are paired: verdicts of each arm against the supervised
 baseline come from 95% intervals of the per-seed differences (aelab.stats).
 """
@@ -41,14 +47,15 @@ from ..models.ladder import LadderConfig
 from ..models.m2 import M2Config
 from ..models.sen import SENConfig
 from ..models.vae import VAEConfig
+from ..models.vat import VATConfig
 from . import semi_arms as arms
 from . import semi_report
-from .semi_report import tune_cells, tuned  # noqa: F401 (re-exported)
+from .semi_report import REFERENCE, tune_cells, tuned, vat_cells  # noqa: F401 (re-exported)
 from .budget import ArmBudget, check_steps
 from .base import (Cell, CellContext, Results, Study, StudyConfig, dataset_of, load_state_arrays, register_study,
                    seeds_of, state_arrays)
 
-ARMS = ("supervised", "pretrain-finetune", "sen", "sen+pl", "ladder-gamma", "ladder-full", "m2", "aae")
+ARMS = ("supervised", "pretrain-finetune", "sen", "sen+pl", "ladder-gamma", "ladder-full", "m2", "aae", "vat")
 
 
 @dataclass
@@ -67,11 +74,14 @@ class Steps:
     m1: int = 3240  # the VAE under M2
     m2: int = 3240
     aae: int = 1620
+    vat: int = 2160
 
 
 # The papers' step counts where they state one (at batch 100 on MNIST's 60,000 images: 600 a pass):
 # Rasmus et al. 2015, 150 passes for both ladders; their Conv-Small baseline, 20 passes.
-PAPER = {"ladder_full": 90_000, "ladder_gamma": 90_000, "supervised": 12_000}
+# VAT (Miyato et al.): 100 passes of 500 updates on MNIST in the authors' code (as its PyTorch ports
+# run it: batch 100 labelled + 250 unlabelled; here 100 + 100).
+PAPER = {"ladder_full": 90_000, "ladder_gamma": 90_000, "supervised": 12_000, "vat": 50_000}
 
 
 @dataclass
@@ -85,6 +95,7 @@ class Rates:
     m1: float = 1e-3
     m2: float = 1e-3
     aae: float = 5e-4
+    vat: float = 1e-3  # Miyato et al.: Adam, 0.001
 
 
 @dataclass
@@ -96,6 +107,9 @@ class SemiStudyConfig(StudyConfig):
     tune_arch: tuple[str, ...] = ("mlp", "conv-strided")  # its network (the ladder's archs) ...
     tune_noise: tuple[float, ...] = (0.0, 0.3)  # ... its noise (0: a plain network; 0.3: the ladder's)
     tune_lr: tuple[float, ...] = (1e-3, 3e-3)  # ... and learning rate
+    tune_eps: tuple[float, ...] = (0.3, 1.0, 3.0)  # VAT's perturbation norm (the authors': 0.3 on MNIST)
+    tune_budget: float = 1.0  # tuning cells train this fraction of their arm's steps
+    val_small: int = 0  # > 0: the few-label protocol too, a labelled validation set of this many images
     rotate: float = 0.0  # augmentation of the labelled images, the same for every arm
     shift: int = 2
     hflip: bool = False  # clothes: true (configs/semi_fashion.toml); digits: false
@@ -109,6 +123,7 @@ class SemiStudyConfig(StudyConfig):
     m1: VAEConfig = field(default_factory=lambda: VAEConfig(name="vae", arch="dense", latent_dim=50, hidden=(600, 600)))
     m2: M2Config = field(default_factory=lambda: M2Config(name="m2", input="codes"))
     # CPU cuts: the AAE's networks 500 wide (the paper's 1000: ~3x the time), the SEN's the SEN study's
+    vat: VATConfig = field(default_factory=lambda: VATConfig(name="vat"))
     aae: AAESSLConfig = field(default_factory=lambda: AAESSLConfig(name="aae-ssl", hidden=(500, 500), disc_hidden=(500, 500)))
     sen: SENConfig = field(default_factory=lambda: SENConfig(name="sen", clf_batch=64, channels=(16, 32, 64), hidden=64,
                                                              pl_start=150, pl_ramp=300))
@@ -125,15 +140,18 @@ class SemiStudyConfig(StudyConfig):
                               f"{', '.join(ARMS)} (supervised is the reference every verdict needs)")
         if not self.labels or min(self.labels) <= 0 or not self.tune_lr or min(self.tune_lr) <= 0:
             raise ConfigError("labels and tune_lr must hold positive numbers")
-        if not self.tune_noise or min(self.tune_noise) < 0:
-            raise ConfigError("tune_noise must hold numbers >= 0")
+        if not self.tune_noise or min(self.tune_noise) < 0 or not self.tune_eps or min(self.tune_eps) < 0:
+            raise ConfigError("tune_noise and tune_eps must hold numbers >= 0")
+        if not 0 < self.tune_budget <= 1 or self.val_small < 0:
+            raise ConfigError(f"tune_budget={self.tune_budget}, val_small={self.val_small}: tune_budget in (0, 1] "
+                              "(a fraction of the arm's steps), val_small >= 0 (0: off)")
         archs = set(typing.get_args(typing.get_type_hints(LadderConfig)["arch"]))
         if not self.tune_arch or not set(self.tune_arch) <= archs:
             raise ConfigError(f"tune_arch={list(self.tune_arch)}: choose from {', '.join(sorted(archs))}")
         if self.data.val_fraction <= 0:
             raise ConfigError("data.val_fraction must be > 0: every choice in this study is made on validation")
         check_steps(**{f"steps.{f.name}": getattr(self.steps, f.name) for f in dataclasses.fields(Steps)})
-        for m in (self.supervised, self.gamma, self.ladder, self.m1, self.m2, self.aae, self.sen, self.ae):
+        for m in (self.supervised, self.gamma, self.ladder, self.m1, self.m2, self.aae, self.sen, self.ae, self.vat):
             m.check()
 
 
@@ -149,14 +167,19 @@ class SemiStudy(Study):
         """Each arm's steps (the pretraining cells' too), beside the paper's; the probe trains the arm's model."""
         s, bs, aug = cfg.steps, cfg.train.batch_size, {"rotate": cfg.rotate, "shift": cfg.shift, "hflip": cfg.hflip}
         sup = dataclasses.replace(cfg.supervised, arch=cfg.tune_arch[0], noise=cfg.tune_noise[0])
-        models = {"supervised": (sup, s.supervised, cfg.tune_lr[0], "supervised", ("supervised", "tune:")),
+        vat = dataclasses.replace(cfg.vat, eps=cfg.tune_eps[0])
+        tb = cfg.tune_budget  # the tuning cells' own budget: their fraction of the arm's steps
+        models = {"tune:supervised": (sup, max(1, round(s.supervised * tb)), cfg.tune_lr[0], "", ("tune:supervised",)),
+                  "supervised": (sup, s.supervised, cfg.tune_lr[0], "supervised", None),
                   "pretrain:ae": (cfg.ae, s.pretrain, cfg.lr.pretrain, "pretrain", None),
                   "pretrain:m1": (cfg.m1, s.m1, cfg.lr.m1, "m1", None),
                   "pretrain-finetune": (None, s.finetune, cfg.lr.finetune, "finetune", None),
                   "sen": (cfg.sen, s.sen, cfg.lr.sen, "sen", ("sen",)),
                   "ladder-gamma": (cfg.gamma, s.ladder_gamma, cfg.lr.ladder, "ladder_gamma", None),
                   "ladder-full": (cfg.ladder, s.ladder_full, cfg.lr.ladder, "ladder_full", None),
-                  "m2": (None, s.m2, cfg.lr.m2, "m2", None), "aae": (cfg.aae, s.aae, cfg.lr.aae, "aae", None)}
+                  "m2": (None, s.m2, cfg.lr.m2, "m2", None), "aae": (cfg.aae, s.aae, cfg.lr.aae, "aae", None),
+                  "tune:vat": (vat, max(1, round(s.vat * tb)), cfg.lr.vat, "", ("tune:vat",)),
+                  "vat": (vat, s.vat, cfg.lr.vat, "vat", None)}
         out = []
         for arm, (mcfg, steps, lr, key, match) in models.items():
             budget = arms.Budget(steps, lr, bs, cfg.budget)
@@ -167,7 +190,8 @@ class SemiStudy(Study):
                     model = build_model(mcfg, shape, 10) if pre else \
                         arms.pooled(dataclasses.replace(mcfg, **aug), data, shape, 10, cfg.seed)
                     return model, data, budget.train(cfg.train)
-            out.append(ArmBudget(arm, steps, bs, PAPER.get(key), "" if key in PAPER else "not stated",
+            note = "tuning cells" if arm.startswith("tune:") else "" if key in PAPER else "not stated"
+            out.append(ArmBudget(arm, steps, bs, PAPER.get(key), note,
                                  match or (arm,), probe))
         return out
 
@@ -175,15 +199,22 @@ class SemiStudy(Study):
         _check_labels(cfg)  # before anything trains
         seeds = seeds_of(cfg)
         sizes = [*cfg.labels, *([0] if cfg.ceiling else [])]
-        out = [c for n in sizes for c in tune_cells(cfg, n)]
+        # Workers take ready cells in grid order: the arms that need no other cell first, longest first
+        # (at the papers' budgets a ladder cell trains for hours: started last, it would end last alone).
+        free = sorted((a for a in cfg.arms if a not in NEEDY), key=lambda a: -_steps(cfg, a))
+        out = [Cell(a, s, n) for a in free for n in cfg.labels for s in seeds]
+        out += [c for n in sizes for c in tune_cells(cfg, n)]
+        out += [c for n in cfg.labels for c in vat_cells(cfg, n)]
         pre = {"m2": "pretrain:m1", "pretrain-finetune": "pretrain:ae"}
         out += [Cell(p, s, 0) for a, p in pre.items() if a in cfg.arms for s in seeds]
-        out += [Cell(a, s, n) for n in cfg.labels for a in cfg.arms for s in seeds]
+        out += [Cell(a, s, n) for n in cfg.labels for a in cfg.arms if a in NEEDY for s in seeds]
         return out + ([Cell("supervised", s, 0) for s in seeds] if cfg.ceiling else [])
 
     def needs(self, cfg: SemiStudyConfig, cell: Cell) -> list[Cell]:
         if cell.arm == "supervised":
             return tune_cells(cfg, cell.n)
+        if cell.arm == "vat":
+            return vat_cells(cfg, cell.n)
         pre = {"m2": "pretrain:m1", "pretrain-finetune": "pretrain:ae"}.get(cell.arm)
         return [Cell(pre, cell.seed, 0)] if pre else []
 
@@ -191,35 +222,74 @@ class SemiStudy(Study):
         splits = ctx.data(cfg)
         data = with_labels(splits.train, cell.n, cell.seed)
         if cell.arm.startswith("pretrain:"):
-            model, status = self._pretrain(cfg, cell, data)
+            model, status = self._pretrain(cfg, cell, data, ctx.workdir)
             return state_arrays(model) | status
-        model, curve = self._train(cfg, cell, ctx, data, splits.val)
-        best = int(np.argmax(curve.array()[:, 1]))
-        out = {"val_acc": float(curve.array()[best, 1]), "best_step": int(curve.array()[best, 0]),
-               "n_labels": int((data.y >= 0).sum()), **curve.result(arms.collapse(model, splits.val))}
-        if not cell.arm.startswith("tune:"):
+        small = with_labels(splits.val, cfg.val_small, cell.seed).labelled() if cfg.val_small else None
+        setting = self._setting(cfg, cell, ctx, "val_acc")
+        model, sel = self._train(cfg, cell, ctx, data, splits.val, setting, ctx.workdir, small)
+        curve = sel.curve.array()
+        best = int(np.argmax(curve[:, 1]))
+        out = {"val_acc": float(curve[best, 1]), "best_step": int(curve[best, 0]),
+               "n_labels": int((data.y >= 0).sum()), **sel.curve.result(arms.collapse(model, splits.val))}
+        tune = cell.arm.startswith("tune:")
+        if not tune:
             out["test_acc"] = arms.accuracy(model, splits.test)
             if cell.seed == cfg.seed and cell.n == cfg.labels[0]:
                 out.update(semi_report.figure_arrays(cell.arm, model, splits.test, cfg.seed))
+        if small is not None:
+            out.update(self._small(cfg, cell, ctx, data, splits, small, sel, model, setting, tune))
         return out
 
-    def _pretrain(self, cfg: SemiStudyConfig, cell: Cell, data: DeviceData):
+    def _small(self, cfg, cell, ctx, data, splits, small, sel, model, setting, tune: bool) -> dict:
+        """The cell under the few-label protocol: its best point on the small validation set and, but in
+        tuning cells, that point's test accuracy; a tuned arm whose setting the small set chooses
+        otherwise trains that setting too (in the same cell, checkpointing in its own folder)."""
+        other = self._setting(cfg, cell, ctx, "val_acc_small")
+        pick = sel.small
+        if not tune and other != setting:
+            workdir = ctx.workdir / "small" if ctx.workdir is not None else None
+            model, pick = self._train(cfg, cell, ctx, data, splits.val, other, workdir, small)
+            pick = pick.small
+        curve = pick.curve.array()
+        best = int(np.argmax(curve[:, 1]))
+        out = {"val_acc_small": float(curve[best, 1]), "best_step_small": int(curve[best, 0]),
+               "val_small": len(small)}
+        if not tune:
+            model.load_state_dict(pick.best)
+            out["test_acc_small"] = arms.accuracy(model, splits.test)
+        return out
+
+    def _setting(self, cfg: SemiStudyConfig, cell: Cell, ctx: CellContext, key: str):
+        """A tuned arm's setting: a tuning cell's own, or the one its tuning cells' `key` chooses
+        (supervised: (network, noise, lr); vat: eps); None for the other arms."""
+        if cell.arm.startswith("tune:"):
+            return tuned(cell.arm)
+        cands = {"supervised": tune_cells, "vat": vat_cells}.get(cell.arm)
+        if cands is None:
+            return None
+        return tuned(max(cands(cfg, cell.n), key=lambda c: ctx.deps[c.key][key]).arm)
+
+    def _pretrain(self, cfg: SemiStudyConfig, cell: Cell, data: DeviceData, workdir=None):
         m1 = cell.arm == "pretrain:m1"
         budget = arms.Budget(cfg.steps.m1 if m1 else cfg.steps.pretrain, cfg.lr.m1 if m1 else cfg.lr.pretrain,
                              cfg.train.batch_size, cfg.budget)
-        return arms.pretrain(cfg.m1 if m1 else cfg.ae, data, budget, cfg.train, cell.seed)
+        return arms.pretrain(cfg.m1 if m1 else cfg.ae, data, budget, cfg.train, cell.seed, workdir)
 
-    def _train(self, cfg: SemiStudyConfig, cell: Cell, ctx: CellContext, data: DeviceData, val: DeviceData):
+    def _train(self, cfg: SemiStudyConfig, cell: Cell, ctx: CellContext, data: DeviceData, val: DeviceData,
+               setting, workdir, small):
         arm, e, r, bs, b = cell.arm, cfg.steps, cfg.lr, cfg.train.batch_size, cfg.budget
         aug = {"rotate": cfg.rotate, "shift": cfg.shift, "hflip": cfg.hflip}
+        tb = cfg.tune_budget if arm.startswith("tune:") else 1.0  # tuning cells: a fraction of the steps
         if arm == "pretrain-finetune":
             ae = self._load(cfg.ae, data, ctx.deps[Cell("pretrain:ae", cell.seed, 0).key])
             return arms.train_finetune(ae, data, val, arms.Budget(e.finetune, r.finetune, bs, b), cfg.train,
-                                       cell.seed, DataConfig(**aug))
-        if arm.startswith("tune:") or arm == "supervised":
-            arch, noise, lr = tuned(arm) if arm.startswith("tune:") else best_setting(cfg, cell, ctx)
+                                       cell.seed, DataConfig(**aug), workdir, small)
+        if arm.startswith("tune:supervised") or arm == "supervised":
+            arch, noise, lr = setting
             model_cfg = dataclasses.replace(cfg.supervised, arch=arch, noise=noise)
-            budget = arms.Budget(e.supervised, lr, bs, b)
+            budget = arms.Budget(e.supervised, lr, bs, b * tb)
+        elif arm.startswith("tune:vat") or arm == "vat":
+            model_cfg, budget = dataclasses.replace(cfg.vat, eps=setting), arms.Budget(e.vat, r.vat, bs, b * tb)
         else:
             model_cfg, budget = {
                 "sen": (dataclasses.replace(cfg.sen, pseudo=False), arms.Budget(e.sen, r.sen, bs, b)),
@@ -233,7 +303,8 @@ class SemiStudy(Study):
             model_cfg = dataclasses.replace(model_cfg, m1_latent=cfg.m1.latent_dim, m1_hidden=cfg.m1.hidden)
             vae = self._load(cfg.m1, data, ctx.deps[Cell("pretrain:m1", cell.seed, 0).key])
             prepare = lambda m: m.load_m1(vae)  # noqa: E731
-        return arms.train_pooled(dataclasses.replace(model_cfg, **aug), data, val, budget, cfg.train, cell.seed, prepare)
+        return arms.train_pooled(dataclasses.replace(model_cfg, **aug), data, val, budget, cfg.train, cell.seed, prepare,
+                                 workdir, small)
 
     @staticmethod
     def _load(model_cfg, data: DeviceData, row: dict):
@@ -244,10 +315,14 @@ class SemiStudy(Study):
         return semi_report.summarize(cfg, results, out)
 
 
-def best_setting(cfg: SemiStudyConfig, cell: Cell, ctx: CellContext) -> tuple[str, float, float]:
-    """The tuning cell with the best validation accuracy at this label count: (network, noise, learning rate)."""
-    best = max(tune_cells(cfg, cell.n), key=lambda c: ctx.deps[c.key]["val_acc"])
-    return tuned(best.arm)
+NEEDY = ("supervised", "vat", "m2", "pretrain-finetune")  # arms whose cells wait for tuning or pretraining cells
+
+
+def _steps(cfg: SemiStudyConfig, arm: str) -> int:
+    """An arm's training steps (its grid position: longest first)."""
+    e = cfg.steps
+    return {"sen": e.sen, "sen+pl": e.sen, "ladder-gamma": e.ladder_gamma, "ladder-full": e.ladder_full,
+            "aae": e.aae}.get(arm, 0)
 
 
 def with_labels(train: DeviceData, n: int, seed: int) -> DeviceData:

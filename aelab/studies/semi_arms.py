@@ -11,12 +11,14 @@ curve (a `budget.Curve`); the study measures the test accuracy of what they retu
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
+from ..checkpoint import load_tensors, save_tensors
 from ..classify import Classifier
 from ..config import DataConfig, ModelConfig, TrainConfig
 from ..data.device import DeviceData
@@ -24,7 +26,9 @@ from ..engine import fit
 from ..models import build_model
 from ..convergence import classifier_collapse
 from ..models.semi_common import SemiSupervised
-from .budget import Curve, train_cfg
+from .budget import Curve, checkpointing, train_cfg
+
+BEST, BEST_SMALL = "best.safetensors", "best_small.safetensors"  # a checkpointing cell's best weights (fit_best)
 
 
 @dataclass
@@ -64,21 +68,65 @@ def collapse(model: nn.Module, val: DeviceData) -> str | None:
     return classifier_collapse(predict(model, val).cpu().numpy())
 
 
+@dataclass
+class Pick:
+    """A validation set a run picks its best point on (`key`: the curve's name in the points): the
+    accuracy curve on it and the best point's weights; `file` holds them in a checkpointing cell."""
+
+    key: str
+    data: DeviceData
+    file: str
+    curve: Curve = field(init=False)
+    best: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.curve = Curve(self.key, higher_is_better=True)
+
+    def observe(self, point: dict, model: nn.Module, run_dir) -> None:
+        point[self.key] = accuracy(model, self.data)
+        self.curve(point)
+        step, acc = self.curve.points[-1]
+        if acc >= max(v for _, v in self.curve.points):
+            self.best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if run_dir is not None:
+                save_tensors(Path(run_dir) / self.file, self.best, {"step": step})
+
+    def restore(self, evals: list[dict], run_dir) -> None:
+        self.curve.points = [(p["step"], float(p[self.key])) for p in evals]
+        if (Path(run_dir) / self.file).exists():
+            self.best = load_tensors(Path(run_dir) / self.file)[0]
+
+
+@dataclass
+class Selection:
+    """What `fit_best` picked: on the validation split (`curve`, its best weights loaded in the model)
+    and, where a small labelled validation set was given, on that one too (`small`)."""
+
+    curve: Curve
+    small: Pick | None = None
+
+
 def fit_best(model: nn.Module, data: DeviceData, val: DeviceData, train: TrainConfig, seed: int,
-             augment: DataConfig | None = None) -> Curve:
-    """`fit`, reading the validation accuracy at each curve point; the best point's weights are kept."""
-    best: dict = {}
+             augment: DataConfig | None = None, workdir: Path | None = None,
+             small: DeviceData | None = None) -> Selection:
+    """`fit`, reading the validation accuracy at each curve point (on `val`, and on `small` when given);
+    the model ends with the best point's weights on `val`. With a `workdir` (a long cell of a study)
+    the run checkpoints there each pass and the best weights go to files beside it, so a killed study's
+    resume continues from the last pass with its curves and best points (a best file may be newer than
+    the checkpoint: it then holds the best of more points, which the replay recomputes)."""
+    picks = [Pick("val.acc", val, BEST)] + ([Pick("val.acc_small", small, BEST_SMALL)] if small is not None else [])
+    run_dir, resume, evals = checkpointing(workdir, train.steps)
+    for p in picks if resume else ():
+        p.restore(evals, run_dir)
 
-    def keep() -> float:
-        acc = accuracy(model, val)
-        if not curve.points or acc >= max(v for _, v in curve.points):
-            best.update({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return acc
+    def on_eval(point: dict) -> None:
+        for p in picks:
+            p.observe(point, model, run_dir)
 
-    curve = Curve("val.acc", higher_is_better=True, metric=keep)
-    fit(model, data, train, seed=seed, augment=augment, on_eval=curve)
-    model.load_state_dict(best)
-    return curve
+    fit(model, data, train, seed=seed, augment=augment, on_eval=on_eval, run_dir=run_dir, resume=resume)
+    if picks[0].best:
+        model.load_state_dict(picks[0].best)
+    return Selection(picks[0].curve, picks[1] if small is not None else None)
 
 
 def pooled(cfg: ModelConfig, data: DeviceData, shape: tuple, k: int, seed: int) -> nn.Module:
@@ -94,19 +142,21 @@ def pooled(cfg: ModelConfig, data: DeviceData, shape: tuple, k: int, seed: int) 
 
 
 def train_pooled(cfg: ModelConfig, data: DeviceData, val: DeviceData, budget: Budget, base: TrainConfig,
-                 seed: int, prepare: Callable[[nn.Module], None] | None = None) -> tuple[nn.Module, Curve]:
+                 seed: int, prepare: Callable[[nn.Module], None] | None = None,
+                 workdir: Path | None = None, small: DeviceData | None = None) -> tuple[nn.Module, Selection]:
     """Ladder, M2, AAE, SEN and the supervised baseline: one model, its pool, the engine's batches."""
     model = pooled(cfg, data, tuple(data.x.shape[1:]), _classes(data, val), seed)
     if prepare is not None:
         prepare(model)
-    return model, fit_best(model, data, val, budget.train(base), seed)
+    return model, fit_best(model, data, val, budget.train(base), seed, workdir=workdir, small=small)
 
 
 def _classes(data: DeviceData, val: DeviceData) -> int:
     return int(max(int(data.y.max()), int(val.y.max()))) + 1
 
 
-def pretrain(cfg: ModelConfig, data: DeviceData, budget: Budget, base: TrainConfig, seed: int) -> tuple[nn.Module, dict]:
+def pretrain(cfg: ModelConfig, data: DeviceData, budget: Budget, base: TrainConfig, seed: int,
+             workdir: Path | None = None) -> tuple[nn.Module, dict]:
     """An autoencoder trained on every training image, labels unused (M1, the fine-tuned route's AE), and
     its curve and status: its loss on a fixed sample of those images (VAE: collapsed if no KL is left)."""
     from ..convergence import vae_collapse
@@ -114,13 +164,16 @@ def pretrain(cfg: ModelConfig, data: DeviceData, budget: Budget, base: TrainConf
 
     torch.manual_seed(seed)
     ae = build_model(cfg, tuple(data.x.shape[1:]), 10).to(data.device)
-    seen, curve = probe_rows(data), Curve("val.loss")
-    fit(ae, data, budget.train(base), val=seen, seed=seed, on_eval=curve)
+    seen, curve, train = probe_rows(data), Curve("val.loss"), budget.train(base)
+    run_dir, resume, evals = checkpointing(workdir, train.steps)
+    curve.points = [(p["step"], float(p["val.loss"])) for p in evals]
+    fit(ae, data, train, val=seen, seed=seed, on_eval=curve, run_dir=run_dir, resume=resume)
     return ae, curve.result(vae_collapse(kl_per_dim(ae, seen)) if hasattr(ae, "posterior") else None)
 
 
 def train_finetune(ae: nn.Module, data: DeviceData, val: DeviceData, budget: Budget, base: TrainConfig,
-                   seed: int, augment: DataConfig) -> tuple[nn.Module, Curve]:
+                   seed: int, augment: DataConfig, workdir: Path | None = None,
+                   small: DeviceData | None = None) -> tuple[nn.Module, Selection]:
     """The few-label route (aelab.classify): the pretrained encoder and a linear head trained on the
     labelled images alone, augmented, for `budget.steps` steps of `budget.batch_size` draws (the
     labelled set is repeated to the size of the training set, so a pass shuffles as for the other arms)."""
@@ -129,4 +182,4 @@ def train_finetune(ae: nn.Module, data: DeviceData, val: DeviceData, budget: Bud
     lab = data.labelled()
     reps = max(1, len(data) // max(len(lab), 1))
     rows = torch.arange(len(lab), device=lab.device).repeat(reps)
-    return clf, fit_best(clf, lab.subset(rows), val, budget.train(base), seed, augment)
+    return clf, fit_best(clf, lab.subset(rows), val, budget.train(base), seed, augment, workdir, small)
