@@ -295,9 +295,9 @@ def test_learns_digits_from_100_labels(digits, name, kw, lr, floor):
     from aelab.studies.semi import with_labels
 
     data = with_labels(digits.train, 100, seed=0)
-    model, curve = semi_arms.train_pooled(get_model_class(name).Config(name=name, **kw), data, digits.val,
-                                          semi_arms.Budget(360, lr, 100), TrainConfig(schedule="cosine"), seed=0)
-    points = curve.array()  # (step, validation accuracy) every 360 // 16 steps and at the last one
+    model, sel = semi_arms.train_pooled(get_model_class(name).Config(name=name, **kw), data, digits.val,
+                                        semi_arms.Budget(360, lr, 100), TrainConfig(schedule="cosine"), seed=0)
+    points = sel.curve.array()  # (step, validation accuracy) every 360 // 16 steps and at the last one
     assert points[-1, 0] == 360 and len(points) >= 16
     assert points[:, 1].max() == semi_arms.accuracy(model, digits.val)  # the best point's weights are kept
     assert semi_arms.accuracy(model, digits.test) >= floor
