@@ -140,6 +140,8 @@ def _status_text(s: dict) -> str:
     if s["done"]:
         lines.append(f"time per cell so far: {s['seconds_per_cell']:.1f} s ({s['cell_seconds'] / 60:.1f} min in all)")
         lines.append("seconds per arm: " + ", ".join(f"{a} {t:.0f}" for a, t in s["seconds_by_arm"].items()))
+    lines += [f"in progress: {k} at step {n:,} (its checkpoint: --resume goes on from there)"
+              for k, n in s.get("in_progress", {}).items()]
     lines += [f"failed: {k}: {v}" for k, v in s["failed"].items()]
     lines += [f"cell {k}: its stored record cannot be used (corrupt, cut short or of another config); it will run "
               "again" for k in s.get("unreadable", [])]

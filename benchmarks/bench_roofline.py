@@ -14,8 +14,8 @@ every 10th step), forward and backward, and divided by the cycle's steps; the co
 matrix products and convolutions only, so the fraction of peak says how much of the step is spent
 outside them (elementwise chains, statistics, noise, the optimiser). The step time is the median
 over `--repeats` timed cycles after `--warmup` steps. The peak: the median of timed n x n sgemms
-(2 n^3 FLOPs each), before and after the arms; the fractions use the higher. On a shared machine every figure moves with the load: the script prints the
-load average before and after.
+(2 n^3 FLOPs each), before and after the arms; the fractions use the higher. On a shared machine
+every figure moves with the load: the script prints the load average before and after.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The study grid: cells stored as they finish, resume after kill -9, workers, failures, status.
 
-A small real study (the memorisation study on 8x8 digits: a CNN, 35 cells with tuning cells that the
+A small real study (the memorisation study on 8x8 digits: a CNN, 18 cells with tuning cells that the
 arms need) is run once uninterrupted in this process; every other way of running it (two worker
 processes, killed between cells or in the middle of one and resumed, a corrupt cell file) must
 write the same metrics.json, bit for bit.
@@ -25,7 +25,8 @@ from aelab.errors import CheckpointError, ConfigError
 from aelab.studies import base, executors, runner
 from aelab.studies.base import Cell, Results, Study, StudyConfig
 
-TINY = ["data=digits", "seeds=2", "sizes=(100,300)", "lambdas=(-1.0,0.0,1.0)", "bounded=('hinge',)", "steps=12",
+# 18 cells (one training-set size): every kind of cell, tuning cells and the figures' cells among them
+TINY = ["data=digits", "seeds=2", "sizes=(100,)", "lambdas=(-1.0,0.0,1.0)", "bounded=('hinge',)", "steps=12",
         "probe_features=64", "tune_wd=(0.05,)", "tune_dropout=(0.3,)", "tune_vib=(0.001,)", "noise_sizes=(100,)",
         "headline_lambda=1.0", "train.batch_size=64", "train.progress=off"]
 
@@ -83,7 +84,7 @@ def test_kill_9_then_resume_writes_the_same_metrics(tmp_path, reference, where, 
     _resume(path)
     assert (path / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
     ran = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
-    assert len(ran) == 35 - n  # only the cells that were missing ran again
+    assert len(ran) == 18 - n  # only the cells that were missing ran again
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -114,7 +115,7 @@ def test_two_workers_write_the_same_metrics_as_one(tmp_path, reference):
 
 
 def test_a_corrupt_or_half_written_cell_is_run_again(tmp_path, reference, capsys):
-    path = _killed_run(tmp_path, "between", 23)  # 2 of the stored cells hold arrays (the figures' cells)
+    path = _killed_run(tmp_path, "between", 14)  # 2 of the stored cells hold arrays (the figures' cells)
     cells = sorted((path / "cells").glob("*.json"))
     cells[0].write_text(cells[0].read_text()[:50])  # half written
     key_of = lambda a: a.name.rsplit(".", 2)[0]  # noqa: E731  <key>.<sha16>.safetensors
@@ -123,7 +124,7 @@ def test_a_corrupt_or_half_written_cell_is_run_again(tmp_path, reference, capsys
     _resume(path)
     assert (path / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
     reran = [line.split()[1] for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
-    assert cells[0].name[:-5] in reran and key_of(arrays) in reran and len(reran) == 35 - 23 + 2
+    assert cells[0].name[:-5] in reran and key_of(arrays) in reran and len(reran) == 18 - 14 + 2
 
 
 def test_resume_refuses_a_changed_config_and_accepts_more_workers(tmp_path):

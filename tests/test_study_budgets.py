@@ -142,3 +142,30 @@ def test_a_budget_owns_its_arm_not_every_arm_sharing_its_prefix():
     budgets = EmbeddingStudy().budgets(EmbeddingConfig())
     owners = {arm: [b.arm for b in budgets if b.owns(arm)][0] for arm in ("ae", "ae_2d", "linear", "pixels")}
     assert owners == {"ae": "ae", "ae_2d": "ae_2d", "linear": "linear", "pixels": "pixels"}
+
+
+def test_status_names_a_checkpointed_cell_and_counts_its_steps_as_done(tmp_path, blobs_npz, monkeypatch, capsys):
+    """A long cell of a stopped study left a training checkpoint (studies/executors.partial_dir): --status
+    names it with its step, and the estimate of what is left does not count those steps again."""
+    from aelab.config import TrainConfig
+    from aelab.data import load_dataset
+    from aelab.data.device import to_device
+    from aelab.engine import fit
+    from aelab.models import build_model
+    from aelab.studies import plan
+    from aelab.studies.executors import partial_dir
+
+    path = run_study("features", overrides=[*FEATURES, f"data={blobs_npz}", "steps=40", "seeds=2",
+                                            f"out_dir={tmp_path}"])
+    (path / "metrics.json").unlink()
+    (path / "cells" / "dense.seed1.json").unlink()
+    data = to_device(load_dataset(blobs_npz), torch.device("cpu"), 0.0, 0).train
+    (partial_dir(path, "dense.seed1")).mkdir(parents=True)
+    fit(build_model("dense", tuple(data.x.shape[1:])), data, TrainConfig(steps=12, batch_size=8, progress="off"),
+        run_dir=partial_dir(path, "dense.seed1"))
+    code, out, err = run_cli(monkeypatch, capsys, "study", "--status", str(path))
+    assert code == 0, err
+    assert "in progress: dense.seed1 at step 12 " in out and "12 steps already trained" in out
+    monkeypatch.setattr(plan, "probe", lambda *a: (0.01, 0.5))  # 10 ms a step, 0.5 s an evaluation
+    left = plan.left(path)["arms"]["dense"]
+    assert left["done_steps"] == 12 and left["seconds"] == pytest.approx((40 - 12) * 0.01 + 16 * 0.5)

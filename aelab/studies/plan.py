@@ -38,9 +38,11 @@ def plan_study(name: str, config_file: str | Path | None = None, overrides: list
     return estimate(study, cfg, study.cells(cfg))
 
 
-def estimate(study: Study, cfg: StudyConfig, cells: list[Cell]) -> dict[str, Any]:
+def estimate(study: Study, cfg: StudyConfig, cells: list[Cell], done: dict[str, int] | None = None) -> dict[str, Any]:
     """Per arm: cells, steps (after the multiplier), batch, the paper's steps, seconds per step and the
-    estimated seconds; in all: cell-seconds and wall seconds for the workers that will run."""
+    estimated seconds; in all: cell-seconds and wall seconds for the workers that will run. `done`:
+    {cell key: steps} already trained by cells that resume from a checkpoint (not counted again)."""
+    done = done or {}
     budgets = study.budgets(cfg)
     owner = {c.key: next((b.arm for b in budgets if b.owns(c.arm)), c.arm.split(":")[0]) for c in cells}
     splits = to_device(dataset_of(cfg), pick_device(cfg.train.device), cfg.data.val_fraction, cfg.seed)
@@ -51,9 +53,11 @@ def estimate(study: Study, cfg: StudyConfig, cells: list[Cell]) -> dict[str, Any
             continue
         steps = scaled(cfg.budget, b.steps) if b.steps else 0
         per_step, per_eval = probe(b, splits, cfg.threads) if steps and b.probe else (0.0, 0.0)
-        seconds = n * (steps * per_step + POINTS * per_eval)
+        trained = sum(done.get(k, 0) for k, o in owner.items() if o == b.arm)
+        seconds = n * (steps * per_step + POINTS * per_eval) - trained * per_step
         arms[b.arm] = {"cells": n, "steps": steps, "batch": b.batch, "paper_steps": b.paper, "note": b.paper_note,
-                       "seconds_per_step": per_step, "seconds": seconds, "probed": bool(steps and b.probe)}
+                       "seconds_per_step": per_step, "seconds": seconds, "probed": bool(steps and b.probe),
+                       "done_steps": trained}
     for o in sorted(set(owner.values()) - set(arms)):  # cells no budget names: counted, not timed
         arms[o] = {"cells": sum(v == o for v in owner.values()), "steps": 0, "batch": 0, "paper_steps": None,
                    "note": "", "seconds_per_step": 0.0, "seconds": 0.0, "probed": False}
@@ -87,7 +91,7 @@ def probe(b: ArmBudget, splits, threads: int) -> tuple[float, float]:
 
 def left(path: str | Path) -> dict[str, Any]:
     """The same estimate for the cells of study folder `path` that are not stored yet."""
-    from .runner import _sha, config_doc, config_from_doc, read_study_config
+    from .runner import _sha, config_doc, config_from_doc, in_progress, read_study_config
     from .store import CellStore
 
     name, stored = read_study_config(Path(path))
@@ -95,7 +99,8 @@ def left(path: str | Path) -> dict[str, Any]:
     cfg = config_from_doc(cls, stored)
     study = cls()
     store = CellStore(Path(path), _sha(config_doc(cfg)))
-    return estimate(study, cfg, [c for c in study.cells(cfg) if not store.load(c.key)])
+    todo = [c for c in study.cells(cfg) if not store.load(c.key)]
+    return estimate(study, cfg, todo, in_progress(Path(path), [c.key for c in todo]))
 
 
 def plan_text(p: dict[str, Any], title: str = "plan") -> str:
@@ -106,6 +111,8 @@ def plan_text(p: dict[str, Any], title: str = "plan") -> str:
         paper = f", paper {a['paper_steps']:,}" if a["paper_steps"] else (f" ({a['note']})" if a["note"] else "")
         steps = f"{a['steps']:,} steps at batch {a['batch']}{paper}" if a["steps"] else (a["note"] or "no training")
         timing = f"{a['seconds_per_step'] * 1e3:.1f} ms/step, ~{a['seconds'] / 60:.1f} cell-min" if a["probed"] else "not timed"
+        if a.get("done_steps"):
+            timing += f"; {a['done_steps']:,} steps already trained"
         lines.append(f"  {arm:24s} {a['cells']:4d} cells  {steps}  [{timing}]")
     lines.append(f"estimated wall time: {p['wall_seconds'] / 60:.1f} min ({p['cell_seconds'] / 60:.1f} cell-min over "
                  f"{p['workers']} workers; training and validation only)")

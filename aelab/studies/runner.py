@@ -251,10 +251,27 @@ def study_status(path: str | Path) -> dict[str, Any]:
     failed = {k: v["error"] for k, v in store.failures().items() if not loaded.get(k)}
     rows = {k: v for k, v in loaded.items() if v}
     return {"study": name, "cells": len(grid), "done": len(seconds), "failed": failed,
+            "in_progress": in_progress(path, [c.key for c in grid if not loaded[c.key]]),
             "unreadable": _unreadable(store, grid, rows),
             "remaining": len(grid) - len(seconds), "finished": (path / "metrics.json").exists(),
             "seconds_per_cell": sum(seconds) / len(seconds) if seconds else math.nan,
             "cell_seconds": sum(seconds), "seconds_by_arm": by_arm}
+
+
+def in_progress(path: Path, keys: list[str]) -> dict[str, int]:
+    """{cell key: optimiser steps done} of the cells among `keys` that left a training checkpoint (a long
+    cell of a killed or running study: `--resume` goes on from there)."""
+    from ..checkpoint import read_training
+    from ..engine import CHECKPOINT
+    from .executors import partial_dir
+
+    out = {}
+    for key in keys:
+        ckpt = partial_dir(path, key) / CHECKPOINT
+        if ckpt.exists():
+            with contextlib.suppress(AelabError, OSError, KeyError, TypeError):  # unreadable: it starts afresh
+                out[key] = int(read_training(ckpt)[1]["state"]["step"])
+    return out
 
 
 # --------------------------------------------------------------------------- the scheduler
