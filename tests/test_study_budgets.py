@@ -169,3 +169,22 @@ def test_status_names_a_checkpointed_cell_and_counts_its_steps_as_done(tmp_path,
     monkeypatch.setattr(plan, "probe", lambda *a: (0.01, 0.5))  # 10 ms a step, 0.5 s an evaluation
     left = plan.left(path)["arms"]["dense"]
     assert left["done_steps"] == 12 and left["seconds"] == pytest.approx((40 - 12) * 0.01 + 16 * 0.5)
+
+
+def test_the_probe_is_timed_while_the_other_workers_train(tmp_path, blobs_npz):
+    """Cells that run at once share the cores: `busy` keeps workers - 1 processes training the arm for
+    as long as the probe runs, all of them ready before it starts, and none left after it."""
+    import multiprocessing as mp
+
+    from aelab.config import make_config
+    from aelab.studies import plan
+    from aelab.studies.base import get_study
+
+    cls = get_study("features")
+    cfg = make_config(cls.Config(), None, [*FEATURES, f"data={blobs_npz}", "steps=20", "workers=2"])
+    with plan.busy("features", cfg, "dense", 1):
+        helpers = mp.active_children()
+        assert len(helpers) == 1 and helpers[0].is_alive()
+    assert not helpers[0].is_alive() and helpers[0].exitcode == 0  # stopped when asked, not killed
+    with plan.busy("features", cfg, "dense", 0):
+        assert not mp.active_children()

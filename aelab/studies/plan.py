@@ -5,14 +5,20 @@
 
 The estimate comes from a timed probe on this machine: for each arm that trains (`Study.budgets`), a
 few dozen optimiser steps of its model at its batch size (`PROBE_STEPS`, after `WARM` warm-up steps,
-with the study's torch threads), plus one validation evaluation times the curve's points. An arm's
+with the study's torch threads), plus one validation evaluation times the curve's points, timed while
+`workers - 1` other processes train the same arm (`busy`): cells that run at once share the cores'
+caches and memory bandwidth, and a probe timed alone came out 1.5-1.9x too fast for 2 workers on 2
+cores. An arm's
 seconds are cells x (its steps x seconds per step + evaluations); the study's wall time is their sum
 over the workers that run at once. What cells do besides training (t-SNE, retrieval rankings,
 scikit-learn baselines, figures) is not in it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import multiprocessing as mp
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -47,12 +53,17 @@ def estimate(study: Study, cfg: StudyConfig, cells: list[Cell], done: dict[str, 
     owner = {c.key: next((b.arm for b in budgets if b.owns(c.arm)), c.arm.split(":")[0]) for c in cells}
     splits = to_device(dataset_of(cfg), pick_device(cfg.train.device), cfg.data.val_fraction, cfg.seed)
     arms: dict[str, dict[str, Any]] = {}
+    workers = max(1, min(cfg.workers or max(1, usable_cores() // cfg.threads), len(cells) or 1))
     for b in budgets:
         n = sum(o == b.arm for o in owner.values())
         if not n:
             continue
         steps = scaled(cfg.budget, b.steps) if b.steps else 0
-        per_step, per_eval = probe(b, splits, cfg.threads) if steps and b.probe else (0.0, 0.0)
+        if steps and b.probe:
+            with busy(study.study_name, cfg, b.arm, workers - 1):
+                per_step, per_eval = probe(b, splits, cfg.threads)
+        else:
+            per_step, per_eval = 0.0, 0.0
         trained = sum(done.get(k, 0) for k, o in owner.items() if o == b.arm)
         seconds = n * (steps * per_step + POINTS * per_eval) - trained * per_step
         arms[b.arm] = {"cells": n, "steps": steps, "batch": b.batch, "paper_steps": b.paper, "note": b.paper_note,
@@ -61,10 +72,56 @@ def estimate(study: Study, cfg: StudyConfig, cells: list[Cell], done: dict[str, 
     for o in sorted(set(owner.values()) - set(arms)):  # cells no budget names: counted, not timed
         arms[o] = {"cells": sum(v == o for v in owner.values()), "steps": 0, "batch": 0, "paper_steps": None,
                    "note": "", "seconds_per_step": 0.0, "seconds": 0.0, "probed": False}
-    workers = max(1, min(cfg.workers or max(1, usable_cores() // cfg.threads), len(cells) or 1))
     total = sum(a["seconds"] for a in arms.values())
     return {"study": study.study_name, "cells": len(cells), "budget": cfg.budget, "workers": workers,
             "threads": cfg.threads, "arms": arms, "cell_seconds": total, "wall_seconds": total / workers}
+
+
+@contextlib.contextmanager
+def busy(study_name: str, cfg: StudyConfig, arm: str, n: int):
+    """`n` other processes training `arm` of this study while the block runs (each ready before it
+    starts), as the study's other workers will be; they stop, or die with this process, after it."""
+    if n <= 0:
+        yield
+        return
+    from .runner import config_doc
+
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_train_until, args=(study_name, config_doc(cfg), arm, cfg.threads, ready, stop,
+                                                    os.getpid()), daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        for _ in procs:
+            ready.get(timeout=600)
+        yield
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+
+
+def _train_until(study_name: str, doc: dict, arm: str, threads: int, ready, stop, parent: int) -> None:
+    """A `busy` process: the arm's probe model trained in short fits until `stop` is set."""
+    from ..engine import fit
+    from .executors import _die_with
+    from .runner import config_from_doc
+
+    _die_with(parent)
+    torch.set_num_threads(threads)
+    cls = get_study(study_name)
+    cfg = config_from_doc(cls, doc)
+    b = next(b for b in cls().budgets(cfg) if b.arm == arm)
+    model, data, tcfg = b.probe(to_device(dataset_of(cfg), pick_device(cfg.train.device), cfg.data.val_fraction,
+                                          cfg.seed))
+    short = dataclasses.replace(tcfg, steps=WARM, eval_every=0, progress="off")
+    fit(model, data, short)
+    ready.put(os.getpid())
+    while not stop.is_set():
+        fit(model, data, short)
 
 
 def probe(b: ArmBudget, splits, threads: int) -> tuple[float, float]:
@@ -105,8 +162,9 @@ def left(path: str | Path) -> dict[str, Any]:
 
 def plan_text(p: dict[str, Any], title: str = "plan") -> str:
     """The plan as lines: one per arm, then the total."""
+    busy = f" (each arm timed while {p['workers'] - 1} more train it)" if p["workers"] > 1 else ""
     lines = [f"{title}: study {p['study']}, {p['cells']} cells, budget x{p['budget']:g}, "
-             f"{p['workers']} workers x {p['threads']} threads"]
+             f"{p['workers']} workers x {p['threads']} threads{busy}"]
     for arm, a in p["arms"].items():
         paper = f", paper {a['paper_steps']:,}" if a["paper_steps"] else (f" ({a['note']})" if a["note"] else "")
         steps = f"{a['steps']:,} steps at batch {a['batch']}{paper}" if a["steps"] else (a["note"] or "no training")
