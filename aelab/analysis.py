@@ -11,13 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
 
 from .config import RunConfig
 from .data.device import Splits
 from .engine import encode_all, evaluate
-from .report import plots
 
 
 def run_metrics(model: torch.nn.Module, splits: Splits, cfg: RunConfig) -> dict[str, Any]:
@@ -41,6 +38,11 @@ def _images(logits_or_x: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def run_figures(model, splits: Splits, ds, cfg: RunConfig, history: list[dict], out: Path) -> list[Path]:
     """The run report's figures, saved as PNGs in `out`; returns their paths."""
+    from sklearn.decomposition import PCA  # here, not at the top: a command that fails early or only
+    from sklearn.manifold import TSNE  # loads a run (a study's worker) never pays for them (~2 s)
+
+    from .report import plots
+
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     test = splits.test

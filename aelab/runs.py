@@ -26,7 +26,6 @@ from .engine import CHECKPOINT, TrainingInterrupted, fit
 from .errors import CheckpointError, ConfigError
 from .models import Autoencoder, build_model
 from .readers import read_json, read_jsonl, short
-from .report import write_report
 
 
 @dataclass
@@ -182,6 +181,8 @@ def _train_and_write(cfg: RunConfig, path: Path, data: tuple[Any, Splits], resum
     metrics["meta"] = {**meta, "epochs": len(history), "finished": True}
     atomic_write_text(path / "metrics.json", json.dumps(metrics, indent=2))
     (path / CHECKPOINT).unlink(missing_ok=True)  # the final weights are in model.safetensors
+    from .report import write_report  # matplotlib: only once a run has trained
+
     write_report(path)
     tracker.log_metrics(metrics)
     tracker.log_artifacts(path)

@@ -18,10 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE, trustworthiness
-from sklearn.model_selection import cross_val_score
-from sklearn.neighbors import KNeighborsClassifier
 
 from .. import stats
 from ..config import TrainConfig
@@ -60,11 +56,16 @@ class EmbeddingConfig(StudyConfig):
 
 def knn_accuracy(points: np.ndarray, labels: np.ndarray, k: int, folds: int = 5) -> float:
     """Mean k-NN accuracy over `folds`-fold cross-validation within (N, 2) `points`."""
+    from sklearn.model_selection import cross_val_score  # scikit-learn where a cell needs it: the
+    from sklearn.neighbors import KNeighborsClassifier  # workers of other studies never import it
+
     return float(cross_val_score(KNeighborsClassifier(n_neighbors=k), points, labels, cv=folds).mean())
 
 
 def score_2d(emb: np.ndarray, pixels: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """The three held-out metrics of one 2-D map `emb` (N, 2) of images `pixels` (N, D)."""
+    from sklearn.manifold import trustworthiness
+
     return {"knn1": knn_accuracy(emb, labels, 1), "knn5": knn_accuracy(emb, labels, 5),
             "trust": float(trustworthiness(pixels, emb, n_neighbors=5))}
 
@@ -88,6 +89,8 @@ def train_ae(cfg: EmbeddingConfig, name: str, latent: int, splits, shape, seed: 
 
 def linear_vs_pca(cfg: EmbeddingConfig, splits, seed: int) -> dict[str, float]:
     """Test MSE per pixel of a linear AE and of PCA, both with `linear_dim` components (seed 002)."""
+    from sklearn.decomposition import PCA
+
     status: dict = {}
     model = train_ae(cfg, "linear", cfg.linear_dim, splits, tuple(splits.train.x.shape[1:]), seed,
                      cfg.linear_steps, status)
@@ -115,6 +118,9 @@ def route_maps(cfg: EmbeddingConfig, group: str, splits, test, pixels: np.ndarra
                status: dict) -> dict[str, np.ndarray]:
     """The 2-D maps (n, 2) of one group of routes: on pixels, from the AE's codes, or the 2-D-code AE
     (whose curve and status go into `status`)."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
     tsne = lambda x: TSNE(2, perplexity=cfg.perplexity, init="pca", random_state=seed).fit_transform(x)  # noqa: E731
     shape = tuple(splits.train.x.shape[1:])
     if group == "pixels":

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
 
 from .. import stats
 from ..classify import MODES, accuracy, predict, train_classifier
@@ -104,6 +102,9 @@ def route_accuracy(cfg: FewLabelConfig, cell: BudgetCell, ctx: CellContext) -> d
                                num_classes=ds.num_classes, seed=cell.seed, val=splits.val, on_eval=curve)
         return {"n_labels": len(rows), "val_acc": accuracy(clf, splits.val), "test_acc": accuracy(clf, splits.test),
                 **curve.result(classifier_collapse(predict(clf, splits.val).numpy()))}
+    from sklearn.decomposition import PCA  # scikit-learn where a cell needs it: the workers of other
+    from sklearn.linear_model import LogisticRegression  # studies never import it
+
     x = {part: getattr(splits, part).x.flatten(1).float().div(255).cpu().numpy() for part in ("train", "val", "test")}
     y = {part: getattr(splits, part).y.cpu().numpy() for part in ("train", "val", "test")}
     f = lambda a: a  # noqa: E731  logreg on pixels, or on a PCA fitted to every training image (no labels)

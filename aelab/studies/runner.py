@@ -37,7 +37,6 @@ from ..config import apply_overrides, from_dict, make_config, to_dict, _flatten
 from ..engine import TrainingInterrupted
 from ..errors import AelabError, CheckpointError, ConfigError
 from ..readers import check_kind, read_json
-from ..report import write_report
 from ..runs import claim_run_dir, git_commit
 from .base import Results, Study, StudyConfig, clear_cache, get_study, usable_cores
 from .executors import InlineExecutor, Outcome, PoolExecutor, RayExecutor, code_version, store_cell
@@ -398,6 +397,8 @@ def _summarize(study: Study, cfg: StudyConfig, path: Path, results: Results, cel
                        "aelab_version": __version__, "git_commits": commits,  # those the cells came from
                        "torch": torch.__version__, "finished": True}
     atomic_write_text(path / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    from ..report import write_report  # matplotlib: only once the cells are done
+
     write_report(path)
     tracker.log_metrics(metrics)
     tracker.log_artifacts(path, ("report.html", "metrics.json", "config.json", "study.json", "figures"))
