@@ -196,3 +196,31 @@ def test_a_killed_long_cell_resumes_from_its_last_pass(tmp_path, monkeypatch):
         assert torch.equal(v, again.state_dict()[k]), k
     for k, v in sel.small.best.items():
         assert torch.equal(v, sel2.small.best[k]), k
+
+
+def test_a_setting_the_small_validation_set_prefers_is_trained_too(monkeypatch):
+    """Under the few-label protocol a tuned arm takes the setting its tuning cells score best on the small
+    validation set; where the held-out split chose another, the cell trains both and reads each
+    protocol's test accuracy off its own model."""
+    from aelab.config import DataConfig
+    from aelab.studies.base import CellContext
+    from aelab.studies.semi_report import quick_preset
+
+    cfg = quick_preset(SemiStudyConfig(data=DataConfig(name="digits"), val_small=50, arms=("supervised", "vat")))
+    study, trained = SemiStudy(), []
+    real = study._train
+
+    def spy(cfg, cell, ctx, data, val, setting, workdir, small):
+        trained.append(setting)
+        return real(cfg, cell, ctx, data, val, setting, workdir, small)
+
+    monkeypatch.setattr(study, "_train", spy)
+    deps = {Cell("tune:vat:eps=0.3", 0, 100).key: {"val_acc": 0.9, "val_acc_small": 0.5},
+            Cell("tune:vat:eps=1", 0, 100).key: {"val_acc": 0.5, "val_acc_small": 0.9}}
+    row = study.run_cell(cfg, Cell("vat", 1, 100), CellContext(torch.device("cpu"), deps, "t"))
+    assert trained == [0.3, 1.0] and row["val_small"] == 50
+    assert 0 < row["test_acc"] and 0 < row["test_acc_small"]
+    trained.clear()
+    deps[Cell("tune:vat:eps=1", 0, 100).key]["val_acc_small"] = 0.1  # both protocols choose 0.3: one model
+    study.run_cell(cfg, Cell("vat", 1, 100), CellContext(torch.device("cpu"), deps, "t"))
+    assert trained == [0.3]

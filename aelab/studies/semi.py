@@ -248,8 +248,8 @@ class SemiStudy(Study):
         pick = sel.small
         if not tune and other != setting:
             workdir = ctx.workdir / "small" if ctx.workdir is not None else None
-            model, pick = self._train(cfg, cell, ctx, data, splits.val, other, workdir, small)
-            pick = pick.small
+            model, retrained = self._train(cfg, cell, ctx, data, splits.val, other, workdir, small)
+            pick = retrained.small
         curve = pick.curve.array()
         best = int(np.argmax(curve[:, 1]))
         out = {"val_acc_small": float(curve[best, 1]), "best_step_small": int(curve[best, 0]),
