@@ -115,7 +115,9 @@ def study(args: tuple[str, ...], list_: bool, force: bool, resume_dir: str | Non
     if status_dir:
         s = study_status(status_dir)
         click.echo(_status_text(s))
-        if s["remaining"]:  # the plan's timed estimate for what is left
+        if s["remaining"] and s["running"]:  # a probe now would time under the study's own load, and slow it
+            click.echo(f"running (pid {s['running']}): no timed estimate of what is left while it runs")
+        elif s["remaining"]:  # the plan's timed estimate for what is left
             click.echo(planner.plan_text(planner.left(status_dir), "left"))
         return
     if plan and args:

@@ -29,6 +29,7 @@ from aelab.runs import git_commit
 from aelab.studies import base, executors, runner
 from aelab.studies.base import Cell, CellContext, Results, Study, StudyConfig, seeds_of
 from aelab.studies.store import CellStore
+from test_cli import run_cli
 
 # A memorisation study whose every cell trains for a very long time: a driver killed at any moment is
 # in the middle of a cell. Only the first few seconds of it ever run.
@@ -124,7 +125,7 @@ def test_a_worker_ends_when_its_parent_is_gone_without_prctl(monkeypatch):
     assert exits == [1]
 
 
-def test_a_second_driver_exits_2_naming_the_first(tmp_path):
+def test_a_second_driver_exits_2_naming_the_first(tmp_path, monkeypatch, capsys):
     path = tmp_path / "m"
     first = subprocess.Popen([sys.executable, "-m", "aelab", "study", *ENDLESS, "workers=1", f"out_dir={tmp_path}",
                               "name=m"], stderr=subprocess.PIPE, env=ENV)
@@ -141,11 +142,16 @@ def test_a_second_driver_exits_2_naming_the_first(tmp_path):
             runner.run_study(ENDLESS[0], overrides=[*ENDLESS[1:], f"out_dir={tmp_path}", "name=m"], force=True)
         assert (path / "config.json").exists()  # --force deleted nothing under the running driver
         assert first.poll() is None  # the first driver goes on
+        # --status of a running study names its driver and times no probe (it would slow the study)
+        assert runner.study_status(path)["running"] == str(first.pid)
+        code, out, _ = run_cli(monkeypatch, capsys, "study", "--status", str(path))
+        assert code == 0 and f"running (pid {first.pid}): no timed estimate" in out and "left:" not in out
     finally:
         first.kill()
         first.wait()
     with runner.study_lock(path):  # its holder died (kill -9): the kernel released the lock
         pass
+    assert runner.study_status(path)["running"] is None
 
 
 def test_interleaved_writers_never_pair_a_json_with_the_others_arrays(tmp_path, monkeypatch):

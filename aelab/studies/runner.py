@@ -158,6 +158,22 @@ def study_lock(path: Path):
         f.close()  # releases the lock
 
 
+def running_pid(path: Path) -> str | None:
+    """The pid of the driver running the study in `path` now (it holds the lock), else None."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    if not (Path(path) / LOCK).exists():
+        return None
+    with open(Path(path) / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _lock_holder(f)
+        return None  # closing the file releases the lock just taken
+
+
 def _lock_holder(f) -> str:
     for _ in range(20):  # the holder writes its pid just after it takes the lock
         f.seek(0)
@@ -251,6 +267,7 @@ def study_status(path: str | Path) -> dict[str, Any]:
     rows = {k: v for k, v in loaded.items() if v}
     return {"study": name, "cells": len(grid), "done": len(seconds), "failed": failed,
             "in_progress": in_progress(path, [c.key for c in grid if not loaded[c.key]]),
+            "running": running_pid(path),
             "unreadable": _unreadable(store, grid, rows),
             "remaining": len(grid) - len(seconds), "finished": (path / "metrics.json").exists(),
             "seconds_per_cell": sum(seconds) / len(seconds) if seconds else math.nan,
