@@ -106,20 +106,20 @@ def _tuning(cfg, results: Results, sizes: list[int]) -> dict:
     """The tuned arms' settings per label count, every candidate's validation accuracy beside the choice:
     the supervised baseline's network, noise and learning rate; VAT's eps (under the small validation
     set too, when the study has one)."""
-    keys = ["val_acc", *(["val_acc_small"] if cfg.val_small else [])]
+    protocols = [("val_acc", ""), *([("val_acc_small", "_small")] if cfg.val_small else [])]  # (key, suffix)
     out = {}
     for n in sizes:
         tried = {c.arm: results.one(arm=c.arm, n=n) for c in tune_cells(cfg, n)}
         names = {a: "{} noise={:.0e} lr={:.0e}".format(*tuned(a)) for a in tried}  # no dots: the report splits on them
-        row = out[_size(n)] = {}
-        for k in keys:
-            arch, noise, lr = tuned(max(tried, key=lambda a: tried[a][k]))
-            row[k] = {names[a]: r[k] for a, r in tried.items()}
-            row.update({f"chosen_arch{k[7:]}": arch, f"chosen_noise{k[7:]}": noise, f"chosen_lr{k[7:]}": lr})
         vat = {c.arm: results.one(arm=c.arm, n=n) for c in vat_cells(cfg, n)} if n else {}
-        for k in keys if vat else ():
-            row[f"vat_{k}"] = {f"eps={tuned(a):.0e}": r[k] for a, r in vat.items()}
-            row[f"vat_chosen_eps{k[7:]}"] = tuned(max(vat, key=lambda a: vat[a][k]))
+        row = out[_size(n)] = {}
+        for key, sfx in protocols:
+            arch, noise, lr = tuned(max(tried, key=lambda a: tried[a][key]))
+            row[key] = {names[a]: r[key] for a, r in tried.items()}
+            row.update({f"chosen_arch{sfx}": arch, f"chosen_noise{sfx}": noise, f"chosen_lr{sfx}": lr})
+            if vat:
+                row[f"vat_{key}"] = {f"eps={tuned(a):.0e}": r[key] for a, r in vat.items()}
+                row[f"vat_chosen_eps{sfx}"] = tuned(max(vat, key=lambda a: vat[a][key]))
     return out
 
 
