@@ -158,6 +158,13 @@ def study_lock(path: Path):
         f.close()  # releases the lock
 
 
+def write_report(path: Path) -> Path:
+    """The study's report.html (aelab.report, and with it matplotlib, imported only once the cells are done)."""
+    from ..report import write_report as write
+
+    return write(path)
+
+
 def running_pid(path: Path) -> str | None:
     """The pid of the driver running the study in `path` now (it holds the lock), else None."""
     try:
@@ -414,8 +421,6 @@ def _summarize(study: Study, cfg: StudyConfig, path: Path, results: Results, cel
                        "aelab_version": __version__, "git_commits": commits,  # those the cells came from
                        "torch": torch.__version__, "finished": True}
     atomic_write_text(path / "metrics.json", json.dumps(metrics, indent=2, default=float))
-    from ..report import write_report  # matplotlib: only once the cells are done
-
     write_report(path)
     tracker.log_metrics(metrics)
     tracker.log_artifacts(path, ("report.html", "metrics.json", "config.json", "study.json", "figures"))
