@@ -142,8 +142,12 @@ def _status_text(s: dict) -> str:
     if s["done"]:
         lines.append(f"time per cell so far: {s['seconds_per_cell']:.1f} s ({s['cell_seconds'] / 60:.1f} min in all)")
         lines.append("seconds per arm: " + ", ".join(f"{a} {t:.0f}" for a, t in s["seconds_by_arm"].items()))
-    lines += [f"in progress: {k} at step {n:,} (its checkpoint: --resume goes on from there)"
-              for k, n in s.get("in_progress", {}).items()]
+    for k, n in s.get("in_progress", {}).items():
+        lines.append(f"in progress: {k} at step {n:,} (its checkpoint: --resume goes on from there)")
+        point = dict(s.get("latest", {}).get(k, {}))
+        if point:  # the curve's last point: is it still improving? (no repo command printed it before)
+            at = int(point.pop("step", n))
+            lines.append(f"  last curve point, step {at:,}: " + ", ".join(f"{m} {v:.4g}" for m, v in point.items()))
     lines += [f"failed: {k}: {v}" for k, v in s["failed"].items()]
     lines += [f"cell {k}: its stored record cannot be used (corrupt, cut short or of another config); it will run "
               "again" for k in s.get("unreadable", [])]

@@ -146,7 +146,9 @@ def test_a_budget_owns_its_arm_not_every_arm_sharing_its_prefix():
 
 def test_status_names_a_checkpointed_cell_and_counts_its_steps_as_done(tmp_path, blobs_npz, monkeypatch, capsys):
     """A long cell of a stopped study left a training checkpoint (studies/executors.partial_dir): --status
-    names it with its step, and the estimate of what is left does not count those steps again."""
+    names it with its step and its curve's last point, and the estimate of what is left does not count
+    those steps again."""
+    from aelab.checkpoint import read_training
     from aelab.config import TrainConfig
     from aelab.data import load_dataset
     from aelab.data.device import to_device
@@ -161,11 +163,15 @@ def test_status_names_a_checkpointed_cell_and_counts_its_steps_as_done(tmp_path,
     (path / "cells" / "dense.seed1.json").unlink()
     data = to_device(load_dataset(blobs_npz), torch.device("cpu"), 0.0, 0).train
     (partial_dir(path, "dense.seed1")).mkdir(parents=True)
-    fit(build_model("dense", tuple(data.x.shape[1:])), data, TrainConfig(steps=12, batch_size=8, progress="off"),
+    fit(build_model("dense", tuple(data.x.shape[1:])), data, TrainConfig(steps=12, batch_size=8, progress="off",
+                                                                         eval_every=5), val=data,
         run_dir=partial_dir(path, "dense.seed1"))
+    evals = read_training(partial_dir(path, "dense.seed1") / "checkpoint.safetensors")[1]["state"]["evals"]
     code, out, err = run_cli(monkeypatch, capsys, "study", "--status", str(path))
     assert code == 0, err
     assert "in progress: dense.seed1 at step 12 " in out and "12 steps already trained" in out
+    assert [p["step"] for p in evals] == [5, 10, 12]  # the status line shows the last, not the first
+    assert f"last curve point, step 12: val.loss {evals[-1]['val.loss']:.4g}" in out
     monkeypatch.setattr(plan, "probe", lambda *a: (0.01, 0.5))  # 10 ms a step, 0.5 s an evaluation
     left = plan.left(path)["arms"]["dense"]
     assert left["done_steps"] == 12 and left["seconds"] == pytest.approx((40 - 12) * 0.01 + 16 * 0.5)

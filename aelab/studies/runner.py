@@ -272,8 +272,10 @@ def study_status(path: str | Path) -> dict[str, Any]:
             by_arm[kind] = by_arm.get(kind, 0.0) + loaded[c.key][1]["seconds"]
     failed = {k: v["error"] for k, v in store.failures().items() if not loaded.get(k)}
     rows = {k: v for k, v in loaded.items() if v}
+    partial = partial_states(path, [c.key for c in grid if not loaded[c.key]])
     return {"study": name, "cells": len(grid), "done": len(seconds), "failed": failed,
-            "in_progress": in_progress(path, [c.key for c in grid if not loaded[c.key]]),
+            "in_progress": {k: st["step"] for k, st in partial.items()},
+            "latest": {k: latest_point(st["evals"]) for k, st in partial.items()},
             "running": running_pid(path),
             "unreadable": _unreadable(store, grid, rows),
             "remaining": len(grid) - len(seconds), "finished": (path / "metrics.json").exists(),
@@ -284,6 +286,12 @@ def study_status(path: str | Path) -> dict[str, Any]:
 def in_progress(path: Path, keys: list[str]) -> dict[str, int]:
     """{cell key: optimiser steps done} of the cells among `keys` that left a training checkpoint (a long
     cell of a killed or running study: `--resume` goes on from there)."""
+    return {key: int(state["step"]) for key, state in partial_states(path, keys).items()}
+
+
+def partial_states(path: Path, keys: list[str]) -> dict[str, dict]:
+    """{cell key: its training checkpoint's state (step, evals: the curve points so far)} of the cells
+    among `keys` that left one; an unreadable checkpoint is left out (that cell starts afresh)."""
     from ..checkpoint import read_training
     from ..engine import CHECKPOINT
     from .executors import partial_dir
@@ -292,9 +300,18 @@ def in_progress(path: Path, keys: list[str]) -> dict[str, int]:
     for key in keys:
         ckpt = partial_dir(path, key) / CHECKPOINT
         if ckpt.exists():
-            with contextlib.suppress(AelabError, OSError, KeyError, TypeError):  # unreadable: it starts afresh
-                out[key] = int(read_training(ckpt)[1]["state"]["step"])
+            with contextlib.suppress(AelabError, OSError, KeyError, TypeError):
+                state = read_training(ckpt)[1]["state"]
+                out[key] = {"step": int(state["step"]), "evals": list(state.get("evals", []))}
     return out
+
+
+def latest_point(evals: list[dict]) -> dict[str, float]:
+    """The last curve point's scalar figures ({"step": .., "val.acc": ..}), {} before the first."""
+    if not evals:
+        return {}
+    scalar = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+    return {k: v for k, v in evals[-1].items() if k != "epoch" and scalar(v)}
 
 
 # --------------------------------------------------------------------------- the scheduler
