@@ -62,6 +62,24 @@ def test_onnx_matches_pytorch_for_every_model(name, tmp_path):
     assert card["code_size"] == model.encode(x).shape[1]
 
 
+def test_the_translation_table_is_built_once_and_torch_is_left_as_it_was(tmp_path, monkeypatch):
+    """torch rebuilds its ONNX translation table on every export (over a second each); ours builds it
+    once per opset for all graphs, and restores torch's own method afterwards."""
+    from torch.onnx._internal.exporter import _registration
+
+    from aelab import export
+
+    builds = []
+    real = _registration._torchlib_registry.get_torchlib_ops
+    monkeypatch.setattr(_registration._torchlib_registry, "get_torchlib_ops", lambda: builds.append(1) or real())
+    monkeypatch.setattr(export, "_TABLES", {}, raising=False)
+    before = _registration.ONNXRegistry.__dict__["from_torchlib"].__func__
+    for i, name in enumerate(["dense", "vae"]):  # four graphs
+        assert len(export_model(build_model(name, (1, 8, 8)), tmp_path / str(i))["files"]) == 2
+    assert len(builds) == 1
+    assert _registration.ONNXRegistry.__dict__["from_torchlib"].__func__ is before
+
+
 def test_cli_exports_a_trained_run(tmp_path, blobs_npz):
     run = tmp_path / "r"
     train = AELAB + ["train", f"data={blobs_npz}", "model=vae", "model.arch=dense", f"out_dir={tmp_path}", "name=r",
