@@ -16,13 +16,15 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import functools
+from typing import TYPE_CHECKING
+
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter
 from PIL import Image
+
+if TYPE_CHECKING:  # matplotlib is imported when the first figure is drawn: a study's workers never draw
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 _PAD = 1  # pixels of white between tiled images
 _MAX_INCHES = 8.0  # the longer side of an image figure
@@ -83,6 +85,9 @@ def _show(ax: Axes, grid: np.ndarray) -> None:
 
 def _new_figure(width: float, height: float) -> Figure:
     """A Figure on its own Agg canvas: no pyplot, no display, nothing shared between calls."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -159,11 +164,16 @@ def _terms(history: Sequence[Mapping]) -> list[str]:
     return sorted(terms, key=lambda t: t != "loss")  # the total loss first, the rest as logged
 
 
-class _PlainLogFormatter(LogFormatter):
+@functools.cache
+def _plain_log_formatter() -> type:
     """LogFormatter's choice of which log ticks to label, written as plain numbers: 0.04, not 4e-02."""
+    from matplotlib.ticker import LogFormatter
 
-    def __call__(self, x: float, pos: int | None = None) -> str:
-        return f"{x:.3g}" if super().__call__(x, pos) else ""
+    class PlainLogFormatter(LogFormatter):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return f"{x:.3g}" if super().__call__(x, pos) else ""
+
+    return PlainLogFormatter
 
 
 def _plot_term(ax: Axes, epochs: np.ndarray, history: Sequence[Mapping], term: str) -> None:
@@ -180,8 +190,8 @@ def _plot_term(ax: Axes, epochs: np.ndarray, history: Sequence[Mapping], term: s
         ax.set_yscale("log")
         # Plain numbers (0.04, not 4x10^-2), also on the minor ticks labelled when a curve spans
         # less than a decade, which is most validation curves after the first epochs.
-        ax.yaxis.set_major_formatter(_PlainLogFormatter())
-        ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_major_formatter(_plain_log_formatter()())
+        ax.yaxis.set_minor_formatter(_plain_log_formatter()(labelOnlyBase=False))
     ax.set_title(term)
     ax.set_xlabel("epoch")
     ax.grid(True, alpha=0.3)
@@ -250,6 +260,8 @@ def _scatter_classes(
     ax: Axes, points: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None, size: float
 ) -> None:
     """One scatter call per class so the legend gets one entry per class, in label order."""
+    import matplotlib
+
     classes = np.unique(labels)
     cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
     for k, cls in enumerate(classes):
