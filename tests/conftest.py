@@ -1,6 +1,11 @@
 """Shared fixtures: tiny data sets the tests make themselves, on the CPU."""
 from __future__ import annotations
 
+import fcntl
+import os
+from pathlib import Path
+from typing import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -61,3 +66,21 @@ def crash_after(epoch: int):
         if row["epoch"] == epoch:
             raise Crash
     return hook
+
+
+def once_per_session(tmp_path_factory, name: str, build: Callable[[Path], object]):
+    """`build(folder)` run once per test session, whatever the number of xdist workers: the first worker
+    to ask builds it under a lock, the others wait and get its result (pytest-xdist's recipe for
+    session-wide fixtures). Only for results the tests read and never change: a finished reference
+    study or run. The result goes through the file system as the folder `build` wrote in, so it must be
+    a path inside that folder, or a value rebuilt from it by the caller."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if worker else base  # under xdist: the session's folder, above each worker's
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            done.write_text(str(build(folder)))
+    return Path(done.read_text())

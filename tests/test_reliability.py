@@ -68,20 +68,22 @@ def aelab(*args, script=None, timeout=300):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted run and the data it used."""
-    from conftest import write_blobs_npz
+    """An uninterrupted run and the data it used: once per test session."""
+    from conftest import once_per_session, write_blobs_npz
 
-    root = tmp_path_factory.mktemp("ref")
-    args = [f"data={write_blobs_npz(root)}", f"out_dir={root}", "name=ref", *ARGS]
-    done = aelab("train", *args)
-    assert done.returncode == 0, done.stderr
-    return args, load_file(root / "ref" / "model.safetensors")
+    def build(root):
+        done = aelab("train", f"data={write_blobs_npz(root)}", f"out_dir={root}", "name=ref", *ARGS)
+        assert done.returncode == 0, done.stderr
+        return root
+
+    root = once_per_session(tmp_path_factory, "reliability-ref", build)
+    return [f"data=npz:{root / 'blobs.npz'}", *ARGS], load_file(root / "ref" / "model.safetensors")
 
 
 @pytest.mark.parametrize("where, n", [("batch", 5), ("batch", 20), ("after", 1), ("write", 2)])
 def test_kill_9_then_resume_gives_identical_weights(reference, tmp_path, where, n):
     args, ref = reference
-    run_args = [a for a in args if not a.startswith(("out_dir=", "name="))] + [f"out_dir={tmp_path}", "name=k"]
+    run_args = [*args, f"out_dir={tmp_path}", "name=k"]
     killed = aelab(where, str(n), *run_args, script=CHILD)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     resumed = aelab("train", "--resume", str(tmp_path / "k"))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import once_per_session
 
 from aelab.cli import main
 from aelab.errors import CheckpointError, ConfigError
@@ -33,9 +34,9 @@ TINY = ["data=digits", "seeds=2", "sizes=(100,)", "lambdas=(-1.0,0.0,1.0)", "bou
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    """The tiny memorisation study, uninterrupted, in this process (workers=1)."""
-    out = tmp_path_factory.mktemp("ref")
-    return runner.run_study("memorization", overrides=TINY + ["workers=1", f"out_dir={out}"])
+    """The tiny memorisation study, uninterrupted, in one process (workers=1): once per test session."""
+    return once_per_session(tmp_path_factory, "memorization-tiny", lambda out: runner.run_study(
+        "memorization", overrides=TINY + ["workers=1", f"out_dir={out}"]))
 
 
 CHILD = textwrap.dedent("""
