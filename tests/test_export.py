@@ -82,9 +82,10 @@ def test_the_translation_table_is_built_once_and_torch_is_left_as_it_was(tmp_pat
 
 def test_cli_exports_a_trained_run(tmp_path, blobs_npz):
     run = tmp_path / "r"
-    train = AELAB + ["train", f"data={blobs_npz}", "model=vae", "model.arch=dense", f"out_dir={tmp_path}", "name=r",
-                     "train.epochs=1", "eval.tsne=false", "train.progress=off"]
-    assert subprocess.run(train, capture_output=True, text=True, timeout=300).returncode == 0
+    from aelab.runs import train
+
+    train(overrides=[f"data={blobs_npz}", "model=vae", "model.arch=dense", f"out_dir={tmp_path}", "name=r",
+                     "train.epochs=1", "eval.tsne=false", "train.progress=off"])  # here: the export is the CLI under test
     done = subprocess.run(AELAB + ["export", str(run), "--onnx", str(tmp_path / "onnx")], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
