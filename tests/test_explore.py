@@ -182,24 +182,24 @@ def test_every_registered_model_explores(name):
     assert ex.edited_div.text != before, name
 
 
-def test_cli_bad_input_is_one_line_and_exit_2(runs, tmp_path):
-    nofolder = subprocess.run(AELAB + ["explore", str(tmp_path / "nothing")], capture_output=True, text=True,
-                              timeout=120)
+def test_cli_bad_input_is_one_line_and_exit_2(runs, tmp_path, monkeypatch, capsys):
+    from test_cli import run_cli
+
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     (unfinished / "config.json").write_text((runs["conv"] / "config.json").read_text())
-    noweights = subprocess.run(AELAB + ["explore", str(unfinished)], capture_output=True, text=True, timeout=120)
-    with socket.socket() as busy:
+    for folder, fragment in [(tmp_path / "nothing", "not an aelab run folder"), (unfinished, "has no weights")]:
+        code, _, err = run_cli(monkeypatch, capsys, "explore", str(folder))  # refused before any server starts
+        assert code == 2 and fragment in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with socket.socket() as busy:  # a real process: were the port free, this would serve until stopped
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         taken = subprocess.run(AELAB + ["explore", str(runs["conv"]), "--port", str(port)], capture_output=True,
                                text=True, timeout=120)
-    for done, fragment in [(nofolder, "not an aelab run folder"), (noweights, "has no weights"),
-                           (taken, f"port {port} on 127.0.0.1 is busy")]:
-        assert done.returncode == 2, done.stderr
-        assert fragment in done.stderr and "Traceback" not in done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert taken.returncode == 2, taken.stderr
+    assert f"port {port} on 127.0.0.1 is busy" in taken.stderr and "Traceback" not in taken.stderr
+    assert len(taken.stderr.strip().splitlines()) == 1, taken.stderr
 
 
 def test_serves_offline_and_ctrl_c_stops_it_cleanly(runs):
