@@ -1,17 +1,23 @@
 """Shared fixtures: tiny data sets the tests make themselves, on the CPU."""
 from __future__ import annotations
 
-import fcntl
 import os
-from pathlib import Path
-from typing import Callable
 
-import numpy as np
-import pytest
-import torch
+# Before torch loads OpenMP, and for every process the tests start: waiting threads sleep rather than
+# spin. Four test workers share the cores, and a spinning 2-thread process burns several times its
+# work there (the results are the same).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from aelab.data import Dataset
-from aelab.data.device import to_device
+import fcntl  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from aelab.data import Dataset  # noqa: E402
+from aelab.data.device import to_device  # noqa: E402
 
 torch.set_num_threads(1)  # tests are tiny; one thread is faster and leaves the other core free
 
