@@ -12,11 +12,10 @@ produce them; values outside [0, 1] are clipped, not rescaled, unless a function
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
