@@ -38,9 +38,6 @@ def _images(logits_or_x: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def run_figures(model, splits: Splits, ds, cfg: RunConfig, history: list[dict], out: Path) -> list[Path]:
     """The run report's figures, saved as PNGs in `out`; returns their paths."""
-    from sklearn.decomposition import PCA  # here, not at the top: a command that fails early or only
-    from sklearn.manifold import TSNE  # loads a run (a study's worker) never pays for them (~2 s)
-
     from .report import plots
 
     model.eval()
@@ -54,8 +51,10 @@ def run_figures(model, splits: Splits, ds, cfg: RunConfig, history: list[dict], 
     labels = test.y[:n].cpu().numpy()
     names = ds.classes or None
     if codes.shape[1] >= 2:
-        figs["codes_pca"] = plots.scatter_2d(PCA(2).fit_transform(codes), labels, "test codes, PCA", names)
+        figs["codes_pca"] = plots.scatter_2d(pca_2d(codes), labels, "test codes, PCA", names)
         if cfg.eval.tsne:
+            from sklearn.manifold import TSNE  # here: a run without t-SNE never imports scikit-learn (~1 s)
+
             tsne = TSNE(2, init="pca", perplexity=min(30.0, (n - 1) / 3), random_state=cfg.seed)
             figs["codes_tsne"] = plots.scatter_2d(tsne.fit_transform(codes), labels, "test codes, t-SNE", names)
     if hasattr(model, "sample"):
@@ -68,6 +67,14 @@ def run_figures(model, splits: Splits, ds, cfg: RunConfig, history: list[dict], 
         paths.append(out / f"{name}.png")
         plots.save(fig, paths[-1])
     return paths
+
+
+def pca_2d(codes: np.ndarray) -> np.ndarray:
+    """(N, 2): the codes on their first two principal axes (an SVD of the centred codes, as PCA does)."""
+    centred = torch.from_numpy(np.asarray(codes, dtype=np.float64))
+    centred = centred - centred.mean(0)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    return (centred @ vh[:2].T).numpy()
 
 
 @torch.no_grad()

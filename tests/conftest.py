@@ -74,6 +74,15 @@ def crash_after(epoch: int):
     return hook
 
 
+def require(*modules: str, extra: str) -> None:
+    """Skip the calling test module unless `modules` are installed, without importing them: collection
+    runs in every test worker, and onnxscript or MLflow alone take over a second to import."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(m) is None for m in modules):
+        pytest.skip(f"the {extra} extra is not installed: pip install 'aelab[{extra}]'", allow_module_level=True)
+
+
 def once_per_session(tmp_path_factory, name: str, build: Callable[[Path], object]):
     """`build(folder)` run once per test session, whatever the number of xdist workers: the first worker
     to ask builds it under a lock, the others wait and get its result (pytest-xdist's recipe for

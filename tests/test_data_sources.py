@@ -6,7 +6,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -116,6 +119,31 @@ def test_digits():
     assert ds.x_train.dtype == np.uint8 and ds.x_train.max() == 255
     assert np.bincount(ds.y_test).min() >= 35  # stratified: every digit ~36 times
     assert np.array_equal(ds.y_test, load_dataset("digits").y_test)  # seeded
+
+
+def test_digits_are_scikit_learns_and_their_split_is_cached_without_importing_it(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from aelab.data.formats import split_80_20
+
+    ref = load_digits()
+    train, test = split_80_20(ref.target, "digits")
+    first = load_dataset("digits")  # computes the split and caches it
+    assert np.array_equal(first.x_train, np.rint(ref.images[train] * (255 / 16)).astype(np.uint8)[:, None])
+    assert np.array_equal(first.y_test, ref.target[test])
+    (cached,) = (tmp_path / "cache" / "splits").glob("digits-80-20-*.npz")
+    with np.load(cached) as f:
+        assert np.array_equal(f["train"], train) and np.array_equal(f["test"], test)
+    cached.write_bytes(b"half a file")  # a damaged cache is computed again and rewritten
+    again = load_dataset("digits")
+    assert np.array_equal(again.x_train, first.x_train) and np.array_equal(again.y_test, first.y_test)
+    with np.load(cached) as f:
+        assert np.array_equal(f["test"], test)
+    probe = ("import sys; from aelab.data import load_dataset; load_dataset('digits'); "
+             "print(sorted(m for m in sys.modules if m.startswith('sklearn')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env={**os.environ, "AELAB_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="dataset-fashion-mnist not installed")

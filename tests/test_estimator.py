@@ -3,25 +3,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.base import clone
-from sklearn.datasets import load_digits
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.utils.estimator_checks import check_estimator
 
 from aelab.errors import ConfigError
-from aelab.estimator import AutoencoderTransformer
+
+# scikit-learn (and aelab.estimator, built on it) are imported by the tests, not at collection: collection
+# runs in every test worker, and only one of them runs this file.
 
 # Checks we expect to skip, and why: array-API input needs SCIPY_ARRAY_API=1 and torch-free input paths.
 SKIPPED_OK = {"check_array_api_input"}
 
 
-@pytest.mark.parametrize("est", [
-    AutoencoderTransformer("dense", latent_dim=3, epochs=2, batch_size=16, random_state=0),
-    AutoencoderTransformer("conv", latent_dim=3, epochs=1, batch_size=16, random_state=0,
-                           model_params={"channels": (4,)}),
-], ids=["dense", "conv"])
-def test_passes_scikit_learns_check_estimator(est):
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_passes_scikit_learns_check_estimator(kind):
+    from sklearn.utils.estimator_checks import check_estimator
+
+    from aelab.estimator import AutoencoderTransformer
+
+    est = AutoencoderTransformer("dense", latent_dim=3, epochs=2, batch_size=16, random_state=0) if kind == "dense" \
+        else AutoencoderTransformer("conv", latent_dim=3, epochs=1, batch_size=16, random_state=0,
+                                    model_params={"channels": (4,)})
     results = check_estimator(est, on_fail=None, on_skip=None)
     bad = [(r["check_name"], r["status"], str(r["exception"])[:200]) for r in results
            if r["status"] == "failed" or (r["status"] == "skipped" and r["check_name"] not in SKIPPED_OK)]
@@ -30,11 +30,18 @@ def test_passes_scikit_learns_check_estimator(est):
 
 
 def _digits():
+    from sklearn.datasets import load_digits
+
     x, y = load_digits(return_X_y=True)
     return x / 16.0, y
 
 
 def test_pipeline_before_a_classifier_learns_digits():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from aelab.estimator import AutoencoderTransformer
+
     x, y = _digits()
     pipe = make_pipeline(AutoencoderTransformer("dense", latent_dim=16, epochs=15, random_state=0),
                          LogisticRegression(max_iter=500))
@@ -43,6 +50,10 @@ def test_pipeline_before_a_classifier_learns_digits():
 
 
 def test_shapes_round_trip_and_fitted_attributes():
+    from sklearn.base import clone
+
+    from aelab.estimator import AutoencoderTransformer
+
     x, _ = _digits()
     est = AutoencoderTransformer("dense", latent_dim=8, epochs=40, batch_size=32, random_state=0)
     assert est.fit(x[:500]) is est
@@ -59,6 +70,8 @@ def test_shapes_round_trip_and_fitted_attributes():
 
 
 def test_same_random_state_same_codes_and_non_square_shapes():
+    from aelab.estimator import AutoencoderTransformer
+
     x = np.random.default_rng(0).random((40, 10))  # 10 features: not a square, a 1 x 1 x 10 "image"
     a = AutoencoderTransformer("dense", latent_dim=2, epochs=2, random_state=3).fit(x)
     b = AutoencoderTransformer("dense", latent_dim=2, epochs=2, random_state=3).fit(x)
@@ -66,6 +79,8 @@ def test_same_random_state_same_codes_and_non_square_shapes():
 
 
 def test_bad_parameters_raise_clear_errors():
+    from aelab.estimator import AutoencoderTransformer
+
     x = np.random.default_rng(0).random((20, 16))
     with pytest.raises(ValueError, match="image_shape"):
         AutoencoderTransformer("dense", image_shape=(1, 3, 3)).fit(x)

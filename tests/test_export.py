@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("onnxscript", reason="the onnx extra is not installed: pip install 'aelab[onnx]'")
-ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install 'aelab[onnx]'")
+from conftest import require  # noqa: E402
+
+require("onnxscript", "onnxruntime", extra="onnx")
 
 from aelab.export import export_model  # noqa: E402
 from aelab.models import build_model, model_names  # noqa: E402
@@ -51,6 +52,8 @@ def test_onnx_matches_pytorch_for_every_model(name, tmp_path):
     x = torch.rand(5, 1, 8, 8)  # exported with a batch of 2: 5 checks the dynamic batch dimension
     inputs = {"encoder": x, "hash": x, "decoder": model.encode(x).detach() * 1.5}
     for graph, file in card["files"].items():
+        import onnxruntime as ort
+
         sess = ort.InferenceSession(str(tmp_path / file))
         got = sess.run(None, {sess.get_inputs()[0].name: inputs[graph].numpy()})[0]
         want = reference(model, graph, inputs[graph])
@@ -98,6 +101,8 @@ def test_cli_exports_a_trained_run(tmp_path, blobs_npz):
 
     model = load_run(run).model  # the exported weights are the run's, not a fresh model's
     x = torch.rand(3, 1, 8, 8)
+    import onnxruntime as ort
+
     sess = ort.InferenceSession(str(tmp_path / "onnx" / "encoder.onnx"))
     np.testing.assert_allclose(sess.run(None, {"image": x.numpy()})[0], reference(model, "encoder", x), atol=1e-4)
 

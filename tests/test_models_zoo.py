@@ -7,8 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.linalg import subspace_angles
-from sklearn.decomposition import PCA
 
 from aelab.models import build_model, get_model_class
 
@@ -137,6 +135,9 @@ def test_vae_variants_and_sampling(arch: str, likelihood: str) -> None:
 
 
 def test_linear_ae_is_pca() -> None:
+    from scipy.linalg import subspace_angles
+    from sklearn.decomposition import PCA
+
     rng = np.random.default_rng(0)
     basis = np.linalg.qr(rng.normal(size=(64, 5)))[0]  # (64, 5) orthonormal signal directions
     signal = rng.normal(size=(500, 5)) * [3.0, 2.5, 2.0, 1.5, 1.0]

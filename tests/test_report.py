@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from matplotlib.figure import Figure
 from PIL import Image
 
 from aelab.errors import CheckpointError
@@ -38,7 +37,9 @@ def _images(n: int, channels: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, channels, 8, 8), dtype=np.float32)  # (N, C, H, W)
 
 
-def _saves_png(fig: Figure, path: Path) -> None:
+def _saves_png(fig, path: Path) -> None:
+    from matplotlib.figure import Figure  # here: collection in every test worker never imports matplotlib
+
     assert isinstance(fig, Figure)
     out = save(fig, path)
     assert out == path and path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 1000
@@ -177,3 +178,16 @@ def test_formatting() -> None:
     assert format_value(123456.789) == "1.235e+05" and format_value(30) == "30"
     assert format_value({"mean": 0.5, "ci95": [0.4, 0.6]}) == "0.5 [0.4, 0.6]"
     assert format_value(True) == "true" and format_value(None) == "—"
+
+
+def test_the_2d_view_of_codes_is_their_pca():
+    """The run report's code scatter: the same two axes as scikit-learn's PCA (up to each axis's sign)."""
+    from sklearn.decomposition import PCA
+
+    from aelab.analysis import pca_2d
+
+    rng = np.random.default_rng(0)
+    codes = rng.normal(size=(200, 6)) * [5.0, 3.0, 1.0, 0.5, 0.2, 0.1] + 7.0  # distinct variances
+    ours, ref = pca_2d(codes.astype(np.float32)), PCA(2).fit_transform(codes)
+    signs = np.sign((ours * ref).sum(0))
+    np.testing.assert_allclose(ours * signs, ref, atol=1e-4)

@@ -86,7 +86,7 @@ def test_bar_takes_the_best_arm_on_validation_and_pairs_it_with_the_baseline(tmp
 
 def test_quick_study_on_digits(tmp_path):
     path = run_study("semi", overrides=["data=digits", "quick=true", "workers=1", f"out_dir={tmp_path}",
-                                        "val_small=50"])
+                                        "val_small=50", "budget=0.25"])  # a quarter of the preset's steps: 1.125%
     m = json.loads((path / "metrics.json").read_text())
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["seeds"] == 2 and cfg["labels"] == [100]  # the preset is stored as it ran
@@ -105,7 +105,7 @@ def test_quick_study_on_digits(tmp_path):
     from safetensors.numpy import load_file
     curve = load_file(path / "cells" / sup["arrays"]["file"])["curve"]  # (points, 2): step, validation accuracy
     assert sup["result"]["val_acc"] == curve[:, 1].max()  # the best point was kept
-    assert sup["result"]["best_step"] == curve[curve[:, 1].argmax(), 0] and curve[-1, 0] == 73  # 4.5% of 1,620
+    assert sup["result"]["best_step"] == curve[curve[:, 1].argmax(), 0] and curve[-1, 0] == 18  # 1.125% of 1,620
     assert sum(m["status"]["ladder-full"].values()) == 2 and sup["result"]["status"] in m["status"]["supervised"]
     for suffix, bar in (("", m["bar"]), ("_small", m["bar_small_val"])):  # VAT is in its own league
         assert bar["best_arm"] == max((a for a in ARMS if a != "supervised" and a not in REFERENCE),
@@ -130,7 +130,8 @@ def test_quick_study_on_digits(tmp_path):
 def test_any_npz_data_set_and_class_count(tmp_path, blobs_npz):
     """Real MNIST comes as IDX files or `npz:`; the study takes any class count (the blobs have four)."""
     path = run_study("semi", overrides=[f"data={blobs_npz}", "quick=true", "workers=1", f"out_dir={tmp_path}",
-                                        "labels=[20]", "arms=['supervised', 'ladder-full', 'm2']", "seeds=2"])
+                                        "labels=[20]", "arms=['supervised', 'ladder-full', 'm2']", "seeds=2",
+                                        "budget=0.5"])
     m = json.loads((path / "metrics.json").read_text())
     assert m["n_labels"]["20"] == 20 and set(m["accuracy"]) == {"supervised", "ladder-full", "m2"}
     assert m["accuracy"]["supervised"]["all"]["mean"] > 0.5  # four easy classes: well above chance (0.25)

@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-pytest.importorskip("mlflow", reason="the mlflow extra is not installed: pip install 'aelab[mlflow]'")
-from mlflow.tracking import MlflowClient  # noqa: E402
+from conftest import require  # noqa: E402
+
+require("mlflow", extra="mlflow")
 
 from aelab import tracking  # noqa: E402
 from aelab.errors import ConfigError  # noqa: E402
@@ -27,7 +28,13 @@ def _file_store(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-def only_run(client: MlflowClient, **tags):
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient  # here: collection in every test worker never imports MLflow
+
+    return MlflowClient(uri)
+
+
+def only_run(client, **tags):
     exp = client.get_experiment_by_name(tracking.EXPERIMENT)
     runs = [r for r in client.search_runs([exp.experiment_id])
             if all(r.data.tags.get(k) == v for k, v in tags.items())]
@@ -39,7 +46,7 @@ def test_train_logs_params_epochs_metrics_and_artifacts(tmp_path, blobs_npz):
     uri = (tmp_path / "mlruns").as_uri()
     path = train(overrides=[f"data={blobs_npz}", f"out_dir={tmp_path}", "name=tracked", "tracking=mlflow",
                             f"tracking_uri={uri}", *FAST])
-    client = MlflowClient(uri)
+    client = _client(uri)
     run = only_run(client, **{"aelab.kind": "run"})
     assert run.info.run_name == "tracked" and run.info.status == "FINISHED"
     assert json.loads((path / "tracking.json").read_text())["run_id"] == run.info.run_id
@@ -86,7 +93,7 @@ def test_resumed_run_continues_its_mlflow_run(tmp_path):
     again = tracking.start("mlflow", uri, "run", {"a": 2}, folder=folder)  # what --resume does
     again.log_metrics({"x": 2.0}, step=2)
     again.finish()
-    client = MlflowClient(uri)
+    client = _client(uri)
     run = client.get_run(first.run_id)
     assert again.run_id == first.run_id and run.info.status == "FINISHED"
     assert run.data.params == {"a": "1"}  # the stored config is what ran; not logged twice
@@ -102,7 +109,7 @@ def test_study_cells_are_child_runs_of_one_parent(tmp_path):
                         {"test_acc": 0.8 + seed / 10, "curve": [1, 2], "note": "text", "ok": True})
     parent.log_metrics({"ae": {"test_acc": {"mean": 0.85}}})
     parent.finish()
-    client = MlflowClient(uri)
+    client = _client(uri)
     study = only_run(client, **{"aelab.kind": "study"})
     assert study.data.params == {"seeds": "2", "data.name": "digits"}
     assert study.data.metrics == {"ae.test_acc.mean": 0.85}
@@ -139,7 +146,7 @@ def test_a_study_logs_a_parent_run_with_a_child_run_per_cell(tmp_path):
     path = run_study("features", overrides=["workers=1", f"out_dir={tmp_path}", "seeds=2", "steps=12",
                                             "train.device=cpu", "models=['dense']", "units=4",
                                             "tracking=mlflow", f"tracking_uri={uri}"])
-    client = MlflowClient(uri)
+    client = _client(uri)
     study = only_run(client, **{"aelab.kind": "study"})
     assert study.info.run_name == path.name and study.info.status == "FINISHED"
     assert study.data.params["study"] == "features" and study.data.params["seeds"] == "2"

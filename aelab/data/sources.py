@@ -250,12 +250,10 @@ class DigitsSource:
         return next((p for p in self.candidates(data_dir) if p.is_file()), None)
 
     def load(self, path: Path, mmap: bool = False) -> Dataset:  # bundled and tiny: never mapped
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        x = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
-        y = digits.target.astype(np.int64)
-        train, test = split_80_20(y, self.name)
+        data = np.loadtxt(path, delimiter=",")  # what load_digits reads: 64 pixels in 0..16, then the label
+        x = np.rint(data[:, :-1].reshape(-1, 1, 8, 8) * (255 / 16)).astype(np.uint8)  # (1797, 1, 8, 8)
+        y = data[:, -1].astype(np.int64)
+        train, test = _cached_split(y, self.name)
         return check_dataset(Dataset(self.name, x[train], y[train], x[test], y[test],
                                      classes=[str(i) for i in range(10)],
                                      source="scikit-learn load_digits"))
@@ -265,6 +263,33 @@ class DigitsSource:
 
     def how_to_get(self) -> str:
         return "`pip install scikit-learn` (digits ships with it)"
+
+
+def _cached_split(y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """`split_80_20(y)`, kept in the cache under the labels' hash and scikit-learn's version: the same
+    split, without importing scikit-learn (a second of CPU) in every process that loads the set."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(y.astype(np.int64).tobytes()).hexdigest()[:16]
+    path = cache_root() / "splits" / f"{where}-80-20-{digest}-sklearn-{version('scikit-learn')}.npz"
+    try:
+        with np.load(path) as f:  # arrays only: np.load refuses pickled objects by default
+            train, test = f["train"], f["test"]
+        if len(train) + len(test) == len(y):
+            return train, test
+    except (OSError, KeyError, ValueError):
+        pass  # absent or damaged: computed again and rewritten
+    train, test = split_80_20(y, where)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+            np.savez(tmp, train=train, test=test)
+        os.replace(tmp.name, path)  # atomic: a concurrent reader sees the old file or the whole new one
+    except OSError:  # a read-only or full cache only costs the import next time
+        if tmp is not None:
+            Path(tmp.name).unlink(missing_ok=True)
+    return train, test
 
 
 Source = IdxSource | CifarSource | DigitsSource  # what SOURCES holds: one interface, three kinds

@@ -335,10 +335,13 @@ def small_multiples(panels: Mapping[str, Sequence[tuple[str, np.ndarray]]], xlab
 
 
 def save(fig: Figure, path: str | Path) -> Path:
-    """Write `fig` as a PNG (100 dpi, tight bounding box), creating parent folders; returns the path."""
+    """Write `fig` as a PNG (100 dpi), creating parent folders; returns the path.
+
+    Every figure here has constrained layout, which already fits labels and titles inside it; a "tight"
+    bounding box would draw it twice. zlib level 1: half the encoding time, files ~20% larger."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100, bbox_inches="tight", facecolor="white")
+    fig.savefig(path, format="png", dpi=100, facecolor="white", pil_kwargs={"compress_level": 1})
     return path
 
 

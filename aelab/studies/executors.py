@@ -147,6 +147,22 @@ def to_host(value: Any) -> Any:
     return value
 
 
+# What a worker needs before its first cell, imported once in the fork server rather than once per worker
+# (torch and its compiler front end alone take ~3 s of CPU per process; optimizers import the latter).
+_PRELOAD = ["aelab.studies.executors", "aelab.engine", "aelab.models", "torch._dynamo"]
+
+
+def worker_context() -> mp.context.BaseContext:
+    """How worker processes start: forked from a fork server that imported torch and never ran anything
+    (no threads, CUDA state or locks to inherit, and no import per worker); `spawn` where the platform has
+    no fork server (Windows)."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
+
+
 def _init_worker(slots, devices: list[str], threads: int, parent: int) -> None:
     _die_with(parent)
     torch.set_num_threads(threads)
@@ -157,22 +173,34 @@ def _init_worker(slots, devices: list[str], threads: int, parent: int) -> None:
             torch.cuda.set_device(torch.device(_WORKER["device"]))
 
 
-def _die_with(parent: int) -> None:
-    """End this worker when its driver dies, even by kill -9, which runs no cleanup: on Linux the kernel
-    sends it SIGKILL (PR_SET_PDEATHSIG); everywhere a thread also watches the parent's pid (the
-    portable way, and a cover for a parent that died before prctl ran)."""
+def _die_with(driver: int) -> None:
+    """End this worker when its driver dies, even by kill -9, which runs no cleanup. Its parent is the
+    driver (spawn) or the driver's fork server, which exits when the driver does. On Linux the kernel
+    sends it SIGKILL when that parent dies (PR_SET_PDEATHSIG); everywhere a thread also watches both
+    pids (the portable way, and a cover for a parent that died before prctl ran)."""
+    parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="aelab-watch-driver").start()
+    threading.Thread(target=_watch_parent, args=(driver, parent), daemon=True, name="aelab-watch-driver").start()
 
 
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:  # an orphan is adopted by another process: its parent pid changes
+def _watch_parent(driver: int, parent: int) -> None:
+    while os.getppid() == parent and _alive(driver):  # an orphan is adopted: its parent pid changes
         time.sleep(1.0)
     os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pid reused by another user's process: ours is gone
+        return False
+    return True
 
 
 class InlineExecutor:
@@ -201,7 +229,7 @@ class InlineExecutor:
 
 
 class PoolExecutor:
-    """workers=N: N spawned processes (fresh interpreters: no CUDA state or locks inherited)."""
+    """workers=N: N processes from `worker_context` (no CUDA state or locks inherited)."""
 
     def __init__(self, workers: int, threads: int, devices: list[str]):
         self.capacity, self.args = workers, (workers, threads, devices)
@@ -210,7 +238,7 @@ class PoolExecutor:
 
     def _start(self) -> None:
         workers, threads, devices = self.args
-        ctx = mp.get_context("spawn")
+        ctx = worker_context()
         slots = ctx.Queue()
         for i in range(workers):
             slots.put(i)

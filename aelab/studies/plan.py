@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import multiprocessing as mp
 import os
 import time
 from pathlib import Path
@@ -86,7 +85,9 @@ def busy(study_name: str, cfg: StudyConfig, arm: str, n: int):
         return
     from .runner import config_doc
 
-    ctx = mp.get_context("spawn")
+    from .executors import worker_context
+
+    ctx = worker_context()
     ready, stop = ctx.Queue(), ctx.Event()
     procs = [ctx.Process(target=_train_until, args=(study_name, config_doc(cfg), arm, cfg.threads, ready, stop,
                                                     os.getpid()), daemon=True) for _ in range(n)]
