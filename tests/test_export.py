@@ -7,8 +7,6 @@ card of a trained run; what a model cannot export is named with its reason.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,8 +18,7 @@ require("onnxscript", "onnxruntime", extra="onnx")
 
 from aelab.export import export_model  # noqa: E402
 from aelab.models import build_model, model_names  # noqa: E402
-
-AELAB = [sys.executable, "-m", "aelab"]
+from test_cli import run_cli  # noqa: E402
 
 
 def reference(model, graph: str, x: torch.Tensor) -> np.ndarray:
@@ -83,19 +80,18 @@ def test_the_translation_table_is_built_once_and_torch_is_left_as_it_was(tmp_pat
     assert _registration.ONNXRegistry.__dict__["from_torchlib"].__func__ is before
 
 
-def test_cli_exports_a_trained_run(tmp_path, blobs_npz):
+def test_cli_exports_a_trained_run(tmp_path, blobs_npz, monkeypatch, capsys):
     run = tmp_path / "r"
     from aelab.runs import train
 
     train(overrides=[f"data={blobs_npz}", "model=vae", "model.arch=dense", f"out_dir={tmp_path}", "name=r",
                      "train.epochs=1", "eval.tsne=false", "train.progress=off"])  # here: the export is the CLI under test
-    done = subprocess.run(AELAB + ["export", str(run), "--onnx", str(tmp_path / "onnx")], capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    code, out, err = run_cli(monkeypatch, capsys, "export", str(run), "--onnx", str(tmp_path / "onnx"))
+    assert code == 0, err
     card = json.loads((tmp_path / "onnx" / "card.json").read_text())
     assert card["files"] == {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
     assert card["code_size"] == 16 and card["input_shape"] == [1, 8, 8] and card["model"] == "vae"
-    assert "encoder.onnx" in done.stdout and "card.json" in done.stdout
+    assert "encoder.onnx" in out and "card.json" in out
 
     from aelab.runs import load_run
 
@@ -111,9 +107,8 @@ def test_cli_exports_a_trained_run(tmp_path, blobs_npz):
     (lambda p: p, "not an aelab run folder"),
     (lambda p: (p.mkdir(), (p / "config.json").write_text("{}"), p)[-1], "model.safetensors not found"),
 ])
-def test_cli_bad_run_is_one_line(tmp_path, make, fragment):
+def test_cli_bad_run_is_one_line(tmp_path, make, fragment, monkeypatch, capsys):
     run = make(tmp_path / "notarun")
-    done = subprocess.run(AELAB + ["export", str(run), "--onnx", str(tmp_path / "o")], capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 2 and fragment in done.stderr and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+    code, _, err = run_cli(monkeypatch, capsys, "export", str(run), "--onnx", str(tmp_path / "o"))
+    assert code == 2 and fragment in err  # in this process: any other exception would fail the test here
+    assert len(err.strip().splitlines()) == 1
