@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Crash, crash_after, make_blobs, write_blobs_npz
+from conftest import Crash, crash_after, make_blobs, require, write_blobs_npz
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -38,7 +38,7 @@ from aelab.cli import main
 from aelab.studies import base
 from aelab.studies.base import Cell, Results, Study, StudyConfig
 
-pytest.importorskip("faiss")
+require("faiss", extra="index")
 FUZZ = settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck),
                phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink])  # no slow "explain" phase
 FAST = ["model=hash-bihalf", "model.latent_dim=16", "model.hidden=(32,)", "train.epochs=2", "train.batch_size=64",

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("bokeh", reason="the explore extra is not installed: pip install 'aelab[explore]'")
+from conftest import require  # noqa: E402
+
+require("bokeh", extra="explore")
 
 from aelab.explore.space import CACHE, Space, directions, load_space, slerp  # noqa: E402
 from aelab.models import build_model, model_names  # noqa: E402

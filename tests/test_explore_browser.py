@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("bokeh", reason="the explore extra is not installed: pip install 'aelab[explore]'")
+from conftest import require  # noqa: E402
+
+require("bokeh", extra="explore")
 from aelab.explore import browser  # noqa: E402
 
 if browser.missing():

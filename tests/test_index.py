@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import require
 from PIL import Image
 
 from aelab import runs
@@ -20,7 +21,7 @@ from aelab.cli import main
 from aelab.data import load_dataset
 from aelab.index import hash_images, load_hash_model
 
-pytest.importorskip("faiss")
+require("faiss", extra="index")
 FAST = ["data=digits", "train.epochs=2", "train.batch_size=64", "eval.tsne=false", "train.progress=off"]
 
 
