@@ -4,6 +4,7 @@ matrix-multiply peak measured in the same process at the same thread count.
 
     python benchmarks/bench_roofline.py --threads 2 --write-results   # ~1 min on 2 quiet CPU cores
     python benchmarks/bench_roofline.py --smoke                       # seconds: checks it runs
+    python benchmarks/bench_roofline.py --threads 1 --profile 20 --arms ladder-full   # where a step's time goes
 
 Each arm trains through the engine's own step (`aelab.step.Stepper`: forward, backward, fused Adam,
 every player on its schedule) at the papers' batch: 100 unlabelled + 100 labelled images for the
@@ -106,6 +107,31 @@ def measure(cfg, batch_size: int, warmup: int, repeats: int, smoke: bool) -> tup
     return flops / 1e9, median(times)
 
 
+MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::convolution", "aten::mkldnn_convolution",
+          "aten::convolution_backward")
+
+
+def profile(cfg, batch_size: int, steps: int, smoke: bool) -> dict:
+    """Where one arm's step time goes, by torch.profiler over `steps` steps: the share of the matrix
+    products and convolutions (self time), and how many other kernels a step runs."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    stepper, batch, cycle = make_step(cfg, batch_size, smoke)
+    state = FitState()
+    for s in range(cycle):
+        stepper(batch, s, state)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for s in range(steps):
+            stepper(batch, s, state)
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in prof.key_averages())
+    mat = sum(e.self_cpu_time_total for e in events if e.key in MATMUL)
+    others = sum(e.count for e in events if e.key not in MATMUL) / steps
+    return {"ms_per_step": total / steps / 1e3, "matmul_share": mat / total, "matmul_ms": mat / steps / 1e3,
+            "other_aten_calls_per_step": others}
+
+
 def verdict(rows: list[list], threads: int) -> str:
     """The issue's bar on the ladder-full row: at >= 60% of the GEMM peak on 2 threads."""
     frac = next(r[4] for r in rows if r[0] == "ladder-full")
@@ -124,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--arms", default="", help="comma-separated arm names (default: all)")
     ap.add_argument("--smoke", action="store_true", help="seconds, toy sizes; figures mean nothing, nothing written")
     ap.add_argument("--write-results", action="store_true")
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="instead: each arm's time split (matrix products vs the rest) over STEPS profiled steps")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.smoke:
@@ -134,6 +162,13 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             ap.error(f"--arms: unknown {', '.join(sorted(unknown))}; choose from {', '.join(chosen)}")
         chosen = {k: v for k, v in chosen.items() if k in args.arms.split(",")}
+    if args.profile:
+        for name, (cfg, bs) in chosen.items():
+            r = profile(cfg, 16 if args.smoke else bs, args.profile, args.smoke)
+            print(f"{name}: {r['ms_per_step']:.1f} ms a step under the profiler, {r['matmul_share']:.0%} of it "
+                  f"({r['matmul_ms']:.1f} ms) in matrix products and convolutions; "
+                  f"{r['other_aten_calls_per_step']:.0f} other aten calls a step", flush=True)
+        return
     load0 = os.getloadavg()
     peak = gemm_peak(args.gemm, max(3, args.repeats // 3))
     measured = []

@@ -109,6 +109,17 @@ def test_roofline_smoke_measures_every_arm_and_writes_nothing(capsys):
     assert "fp32 GEMM peak" in out and results.read_text() == before  # smoke figures are never written
 
 
+def test_roofline_profile_splits_a_step_into_products_and_the_rest(capsys):
+    """--profile: the share of a step in matrix products, and the kernels it runs besides; no timing table."""
+    cfg, _ = bench_roofline.arms(smoke=True)["ladder-full"]
+    r = bench_roofline.profile(cfg, 16, 3, smoke=True)
+    assert 0 < r["matmul_ms"] < r["ms_per_step"] and 0 < r["matmul_share"] < 1
+    assert r["other_aten_calls_per_step"] > 100  # the ladder's noise, statistics and combinators: many small kernels
+    bench_roofline.main(["--smoke", "--threads", "1", "--profile", "2", "--arms", "ladder-full"])
+    out = capsys.readouterr().out
+    assert out.startswith("ladder-full: ") and "in matrix products" in out and "GEMM peak" not in out
+
+
 def test_roofline_verdict_judges_ladder_full_at_two_threads():
     rows = [["supervised MLP", 1.0, 10.0, 100.0, 0.9], ["ladder-full", 3.2, 30.0, 106.7, 0.63]]
     assert bench_roofline.verdict(rows, 2) == "ladder-full at 63% of the GEMM peak; target >= 60% on 2 threads: met."
