@@ -146,10 +146,19 @@ def test_a_second_driver_exits_2_naming_the_first(tmp_path, monkeypatch, capsys)
         while not ((path / "study.json").exists() and (path / "study.lock").read_text().strip()):
             assert first.poll() is None and time.time() < deadline, _why(first)
             time.sleep(0.1)
-        second = subprocess.run([sys.executable, "-m", "aelab", "study", "--resume", str(path)], capture_output=True,
-                                text=True, env=ENV, timeout=60)
-        assert second.returncode == 2, second.stderr[-2000:]
-        assert second.stderr.count("\n") == 1 and f"(pid {first.pid})" in second.stderr, second.stderr
+        # the second driver is this process (flock: one lock per open file, whichever process holds it);
+        # without the lock it would run the endless study: the alarm fails the test instead of hanging it
+        def ran_the_study(*_):  # stop it as Ctrl-C would: it then exits 130, not 2
+            os.kill(os.getpid(), signal.SIGINT)
+
+        previous = signal.signal(signal.SIGALRM, ran_the_study)
+        signal.alarm(60)
+        try:
+            code, _, err = run_cli(monkeypatch, capsys, "study", "--resume", str(path))
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+        assert code == 2 and err.count("\n") == 1 and f"(pid {first.pid})" in err, err
         with pytest.raises(CheckpointError, match=f"pid {first.pid}"):  # a new study over it with --force
             runner.run_study(ENDLESS[0], overrides=[*ENDLESS[1:], f"out_dir={tmp_path}", "name=m"], force=True)
         assert (path / "config.json").exists()  # --force deleted nothing under the running driver
