@@ -23,7 +23,7 @@ from .data import load_dataset
 from .data.device import Splits, pick_device, to_device
 from .data.stream import stream_splits
 from .engine import CHECKPOINT, TrainingInterrupted, fit
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DataError
 from .models import Autoencoder, build_model
 from .readers import read_json, read_jsonl, short
 
@@ -111,7 +111,11 @@ def resume(path: str | Path) -> Path:
     resuming = (path / CHECKPOINT).exists() or (path / CHECKPOINT).is_symlink()
     if resuming:
         read_training(path / CHECKPOINT)  # a corrupt checkpoint fails here, before anything is written
-    return _execute(cfg, path, load_splits(cfg), resume=resuming)
+    try:
+        data = load_splits(cfg)
+    except DataError as e:  # the data set comes from the run's config: say which file named it
+        raise DataError(f"{path / 'config.json'}: its data cannot be loaded: {e}") from None
+    return _execute(cfg, path, data, resume=resuming)
 
 
 def load_splits(cfg: RunConfig) -> tuple[Any, Splits]:

@@ -410,6 +410,16 @@ def test_fuzz_train_resume(built, work, name, data):
     check(run.parent, (name, "stopped"), "train", "--resume", run)
 
 
+def test_resume_names_the_config_whose_data_cannot_be_loaded(built, work):
+    """Found by test_fuzz_train_resume: a config.json whose data name was garbled ('npz:' -> '\\x80z:') made
+    `train --resume` fail with a line about the data set that did not say it came from config.json."""
+    run = fresh(work, built["stopped"])
+    doc = json.loads((run / "config.json").read_text())
+    doc["data"]["name"] = "\x80z:" + doc["data"]["name"].split(":", 1)[1]
+    (run / "config.json").write_text(json.dumps(doc))
+    check(run.parent, "config.json", "train", "--resume", run, may_pass=False)
+
+
 def test_a_run_folder_that_is_a_file_or_missing(built, work):
     folder = work / f"ex{next(_ids)}"
     folder.mkdir()
