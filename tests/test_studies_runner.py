@@ -96,7 +96,7 @@ def test_ctrl_c_stops_the_study_and_resume_finishes_it(tmp_path, reference, work
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     cells = tmp_path / "m" / "cells"
-    while len(list(cells.glob("*.json"))) < 8:
+    while len(list(cells.glob("*.json"))) < 4:  # early: the other 14 cells leave a wide window for the signal
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
