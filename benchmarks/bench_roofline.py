@@ -119,8 +119,9 @@ def profile(cfg, batch_size: int, steps: int, smoke: bool) -> dict:
 
     stepper, batch, cycle = make_step(cfg, batch_size, smoke)
     state = FitState()
-    for s in range(cycle):
-        stepper(batch, s, state)
+    with FlopCounterMode(display=False) as counter:  # one cycle of the schedules: also the warm-up
+        for s in range(cycle):
+            stepper(batch, s, state)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for s in range(steps):
             stepper(batch, s, state)
@@ -129,6 +130,7 @@ def profile(cfg, batch_size: int, steps: int, smoke: bool) -> dict:
     mat = sum(e.self_cpu_time_total for e in events if e.key in MATMUL)
     others = sum(e.count for e in events if e.key not in MATMUL) / steps
     return {"ms_per_step": total / steps / 1e3, "matmul_share": mat / total, "matmul_ms": mat / steps / 1e3,
+            "matmul_gflops": counter.get_total_flops() / cycle / (mat / steps / 1e6) / 1e9,
             "other_aten_calls_per_step": others}
 
 
@@ -163,11 +165,14 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(f"--arms: unknown {', '.join(sorted(unknown))}; choose from {', '.join(chosen)}")
         chosen = {k: v for k, v in chosen.items() if k in args.arms.split(",")}
     if args.profile:
+        peak = gemm_peak(args.gemm, max(3, args.repeats // 3))
         for name, (cfg, bs) in chosen.items():
             r = profile(cfg, 16 if args.smoke else bs, args.profile, args.smoke)
             print(f"{name}: {r['ms_per_step']:.1f} ms a step under the profiler, {r['matmul_share']:.0%} of it "
-                  f"({r['matmul_ms']:.1f} ms) in matrix products and convolutions; "
-                  f"{r['other_aten_calls_per_step']:.0f} other aten calls a step", flush=True)
+                  f"({r['matmul_ms']:.1f} ms) in matrix products and convolutions, which run at "
+                  f"{r['matmul_gflops']:.1f} GFLOP/s ({r['matmul_gflops'] / peak:.0%} of the {peak:.1f} GFLOP/s "
+                  f"sgemm peak at {args.threads} threads); {r['other_aten_calls_per_step']:.0f} other aten calls "
+                  "a step", flush=True)
         return
     load0 = os.getloadavg()
     peak = gemm_peak(args.gemm, max(3, args.repeats // 3))

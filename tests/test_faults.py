@@ -118,6 +118,25 @@ def test_kill_9_of_the_driver_leaves_no_worker_alive(tmp_path):
         driver.wait()
 
 
+def _report_start(queue) -> None:
+    """A worker's view at its start: its parent, and whether torch's compiler front end was already loaded."""
+    queue.put((os.getppid(), "torch._dynamo" in sys.modules))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server is a POSIX start method")
+def test_workers_fork_from_a_server_that_imported_torch_once():
+    """A worker process starts with torch and its compiler front end already imported (forked from the fork
+    server, not spawned as a fresh interpreter that imports them again), and its parent is that server."""
+    ctx = executors.worker_context()
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_report_start, args=(queue,))
+    proc.start()
+    parent, preloaded = queue.get(timeout=120)
+    proc.join(timeout=60)
+    assert ctx.get_start_method() == "forkserver" and preloaded
+    assert parent != os.getpid()  # the server, which exits with this process
+
+
 @pytest.mark.parametrize("gone", ["parent", "driver"])
 def test_a_worker_ends_when_its_parent_is_gone_without_prctl(monkeypatch, gone):
     """The portable watch (macOS has no PR_SET_PDEATHSIG): a worker exits once it is adopted (its parent pid
