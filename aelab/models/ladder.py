@@ -153,8 +153,9 @@ class Ladder(SemiSupervised):
             return h
         if rows == h.shape[0]:
             return torch.add(h, torch.randn_like(h), alpha=noise)
-        head = h[:rows]
-        return torch.cat([torch.add(head, torch.randn_like(head), alpha=noise), h[rows:]])
+        eps = h.new_zeros(h.shape)  # outside the graph: no cat of h, whose backward would slice and zero-fill
+        eps[:rows] = torch.randn_like(eps[:rows])
+        return torch.add(h, eps, alpha=noise)
 
     def _encoder(self, x: torch.Tensor, noise: float, groups: list[int] | None = None, noisy: int = 0,
                  track: bool = False):
@@ -211,9 +212,12 @@ class Ladder(SemiSupervised):
             return {"loss": ce, "ce": ce}
         (xc, xt), n = self.unlabelled_views(batch["x"]), xl.shape[0]
         u = n + xt.shape[0]  # rows [:n] corrupted labelled, [n:u] corrupted unlabelled, [u:] clean unlabelled
-        zs, stats, _, top = self._encoder(torch.cat([xl, xt, xc]), self.cfg.noise, [n, u - n, xc.shape[0]], u, True)
-        ce = self.masked_ce(top[:n], yl)
-        costs = self.denoise_costs([z[n:u] for z in zs], top[n:u], [z[u:] for z in zs], stats)
+        groups = [n, u - n, xc.shape[0]]
+        zs, stats, _, top = self._encoder(torch.cat([xl, xt, xc]), self.cfg.noise, groups, u, True)
+        # split, not slices: a slice's backward zero-fills the whole layer, split's only the unused rows
+        parts, (top_l, top_t, _) = [z.split(groups) for z in zs], top.split(groups)
+        ce = self.masked_ce(top_l, yl)
+        costs = self.denoise_costs([p[1] for p in parts], top_t, [p[2] for p in parts], stats)
         denoise = sum(self.lam[l] * c for l, c in costs.items())
         return {"loss": ce + denoise, "ce": ce, "denoise": denoise} | {f"cost{l}": c for l, c in costs.items()}
 
