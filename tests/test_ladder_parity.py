@@ -117,3 +117,23 @@ def test_combinator_backward_is_the_formulas(shape, unit):
         torch.randn(*shape, dtype=torch.double)
     assert torch.autograd.gradcheck(combinator, (a.requires_grad_(), z.requires_grad_(), u.requires_grad_()))
     torch.testing.assert_close(combinator(a, z, u), plain_g(a, z, u))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv-strided"])
+def test_refit_statistics_are_the_clean_pass_over_the_rows(arch):
+    """The authors' test-time statistics: after `refit_statistics(x)`, the eval-mode network on x is the
+    train-mode clean pass with x as one batch (every layer normalised by x's own batch statistics),
+    however x is chunked."""
+    torch.manual_seed(0)
+    m = build_model(LadderConfig(name="ladder", arch=arch, hidden=(24, 16), latent_dim=12), SHAPE, 10)
+    x = torch.rand(30, *SHAPE)
+    m.train()
+    with torch.no_grad():
+        want = m._encoder(x, 0.0)[3]
+    m.refit_statistics(x, chunk=7)
+    assert m.training  # its mode is left as it was
+    m.eval()
+    with torch.no_grad():
+        got = m._encoder(x, 0.0)[3]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(m.run_mean1, torch.zeros_like(m.run_mean1))

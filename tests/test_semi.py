@@ -125,6 +125,16 @@ def test_quick_study_on_digits(tmp_path):
     for name in ("accuracy_vs_labels", "style_class_m2", "style_class_aae", "ladder_denoised"):
         assert (path / "figures" / f"{name}.png").exists(), name
     assert lr in (1e-3, 3e-3)
+    # the ladders' test-time statistics probe: ours (running) against the authors' (the labelled rows)
+    probe = m["test_time_statistics"]
+    assert set(probe) == {"ladder-full @100", "ladder-gamma @100", "supervised @100"}  # the baseline: a ladder net too
+    for a in ("ladder-full", "ladder-gamma"):
+        rows = [v["result"] for k, v in sorted(cells.items()) if k.startswith(f"{a}.n100.")]
+        p = probe[f"{a} @100"]
+        assert p["test_running"]["mean"] == pytest.approx(np.mean([r["test_acc"] for r in rows]))
+        assert p["labelled - running"]["mean"] == pytest.approx(
+            np.mean([r["test_acc_labelled_stats"] - r["test_acc"] for r in rows]))
+        assert p["chosen_on_validation"] == max(p["val"], key=p["val"].get)
 
 
 def test_any_npz_data_set_and_class_count(tmp_path, blobs_npz):

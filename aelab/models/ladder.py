@@ -37,7 +37,7 @@ from ..data.augment import augment
 from ..errors import ConfigError
 from .base import Player, register
 from .blocks import numel
-from .ladder_layers import (combinator, layer_specs, norm, normalise, paper_init, transpose_op, unit_shape,
+from .ladder_layers import (EPS, combinator, layer_specs, norm, normalise, paper_init, transpose_op, unit_shape,
                             up_op)
 from .semi_common import SemiConfig, SemiSupervised
 
@@ -175,6 +175,29 @@ class Ladder(SemiSupervised):
             zs.append(z), stats.append(st)
             h = self._layer_out(l, z)
         return zs, stats, last, h
+
+    @torch.no_grad()
+    def refit_statistics(self, x: torch.Tensor, chunk: int = 4096) -> None:
+        """Set the test-time statistics to the exact batch mean and std of the clean pass over `x`, as
+        the authors' code does with its clean labelled rows (ours otherwise: a running average over the
+        clean unlabelled batches). Layer by layer: layer l's inputs are normalised with the statistics
+        already set below it, so `x` may be any size and is read in chunks."""
+        was = self.training
+        self.eval()
+        for l in range(1, self.L + 1):
+            total, sq, n = 0.0, 0.0, 0
+            for part in x.split(chunk):
+                h = part.flatten(1).float() if self.cfg.arch == "mlp" else part.float()
+                for k in range(1, l):
+                    h = self._layer_out(k, self._bn(k, self.ops[k - 1](h).float(), [len(h)], False)[0])
+                z = self.ops[l - 1](h).double()
+                dims = (0, 2, 3) if z.dim() == 4 else (0,)
+                total, sq, n = total + z.sum(dims), sq + z.square().sum(dims), n + z.numel() // z.shape[1]
+            mean = total / n
+            var = (sq / n - mean.square()).clamp_min(0)
+            run_m, run_s = getattr(self, f"run_mean{l}"), getattr(self, f"run_std{l}")
+            run_m.copy_(mean.view_as(run_m)), run_s.copy_((var + EPS).sqrt().view_as(run_s))
+        self.train(was)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._encoder(x, 0.0)[2]

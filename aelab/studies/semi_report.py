@@ -94,8 +94,30 @@ def summarize(cfg, results: Results, out: Path) -> dict:
                                              for n in cfg.labels if results.where(arm=a, n=n).rows} for a in arms}
         metrics["comparisons_small_val"] = _comparisons(cfg, results, arms, counts, "_small")
         metrics["bar_small_val"] = _bar(cfg, results, arms, counts, "_small")
+    if probe := _test_time_statistics(results, arms, cfg.labels):
+        metrics["test_time_statistics"] = probe
     _figures(cfg, results, arms, metrics, out / "figures")
     return metrics
+
+
+def _test_time_statistics(results: Results, arms: list[str], sizes: list[int]) -> dict:
+    """The ladders' test accuracy with our test-time statistics (running) and the authors' (an exact
+    clean pass over the labelled rows), paired by seed; validation says which to use. Only where every
+    cell of an arm and label count measured both (cells stored before the probe existed did not)."""
+    out = {}
+    for a in arms:
+        for n in sizes:
+            rows = results.where(arm=a, n=n).rows
+            if not rows or not all("test_acc_labelled_stats" in r for r in rows):
+                continue
+            col = lambda key: results.column(key, arm=a, n=n)  # noqa: E731
+            val = {"running": float(np.mean(col("val_acc"))), "labelled": float(np.mean(col("val_acc_labelled_stats")))}
+            diff = stats.paired(col("test_acc_labelled_stats"), col("test_acc"))
+            out[f"{a} @{_size(n)}"] = {
+                "test_running": stats.summary(col("test_acc")), "test_labelled": stats.summary(col("test_acc_labelled_stats")),
+                "val": val, "chosen_on_validation": max(val, key=val.get),
+                "labelled - running": diff | {"verdict": stats.verdict(diff)}}
+    return out
 
 
 def _size(n: int) -> str:
