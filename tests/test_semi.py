@@ -135,6 +135,8 @@ def test_quick_study_on_digits(tmp_path):
         assert p["labelled - running"]["mean"] == pytest.approx(
             np.mean([r["test_acc_labelled_stats"] - r["test_acc"] for r in rows]))
         assert p["chosen_on_validation"] == max(p["val"], key=p["val"].get)
+        assert f"on test: {stats.verdict(p['labelled - running'])} (" in p["verdict"]
+        assert p["verdict"].endswith("theirs" if p["chosen_on_validation"] == "labelled" else "ours")
 
 
 def test_any_npz_data_set_and_class_count(tmp_path, blobs_npz):
