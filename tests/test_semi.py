@@ -237,3 +237,23 @@ def test_a_setting_the_small_validation_set_prefers_is_trained_too(monkeypatch):
     deps[Cell("tune:vat:eps=1", 0, 100).key]["val_acc_small"] = 0.1  # both protocols choose 0.3: one model
     study.run_cell(cfg, Cell("vat", 1, 100), CellContext(torch.device("cpu"), deps, "t"))
     assert trained == [0.3]
+
+
+def test_a_pick_keeps_the_first_of_tied_best_points(monkeypatch, tmp_path):
+    """With 100 validation images accuracies tie often: the weights kept are those of the first best
+    point, the step the cell reports (argmax), in memory and in the checkpointing cell's file."""
+    from aelab.checkpoint import load_tensors
+    from aelab.studies import semi_arms
+
+    accs = iter([0.5, 0.8, 0.7, 0.8, 0.8])
+    monkeypatch.setattr(semi_arms, "accuracy", lambda model, data: next(accs))
+    model = torch.nn.Linear(1, 1, bias=False)
+    pick = semi_arms.Pick("val.acc_small", None, semi_arms.BEST_SMALL)
+    for step in range(1, 6):
+        with torch.no_grad():
+            model.weight.fill_(step)  # the weights say which step they are from
+        pick.observe({"step": step}, model, tmp_path)
+    curve = pick.curve.array()
+    first = int(curve[np.argmax(curve[:, 1]), 0])
+    assert first == 2 and float(pick.best["weight"]) == first
+    assert float(load_tensors(tmp_path / semi_arms.BEST_SMALL)[0]["weight"]) == first

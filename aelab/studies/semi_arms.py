@@ -86,7 +86,9 @@ class Pick:
         point[self.key] = accuracy(model, self.data)
         self.curve(point)
         step, acc = self.curve.points[-1]
-        if acc >= max(v for _, v in self.curve.points):
+        # strictly better than every earlier point: on a tie the first point stays, the one the result
+        # names (argmax); with 100 validation images ties are common
+        if all(acc > v for _, v in self.curve.points[:-1]):
             self.best = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if run_dir is not None:
                 save_tensors(Path(run_dir) / self.file, self.best, {"step": step})
