@@ -128,6 +128,8 @@ def test_quick_study_on_digits(tmp_path):
     # the ladders' test-time statistics probe: ours (running) against the authors' (the labelled rows)
     probe = m["test_time_statistics"]
     assert set(probe) == {"ladder-full @100", "ladder-gamma @100", "supervised @100"}  # the baseline: a ladder net too
+    assert all(("test_acc_labelled_stats" in v["result"]) == (v["cell"]["n"] > 0)  # not the ceiling's cells
+               for k, v in cells.items() if k.startswith("supervised."))
     for a in ("ladder-full", "ladder-gamma"):
         rows = [v["result"] for k, v in sorted(cells.items()) if k.startswith(f"{a}.n100.")]
         p = probe[f"{a} @100"]

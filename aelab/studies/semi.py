@@ -236,7 +236,7 @@ class SemiStudy(Study):
             out["test_acc"] = arms.accuracy(model, splits.test)
             if cell.seed == cfg.seed and cell.n == cfg.labels[0]:
                 out.update(semi_report.figure_arrays(cell.arm, model, splits.test, cfg.seed))
-            if hasattr(model, "refit_statistics"):
+            if cell.n and hasattr(model, "refit_statistics"):  # the probe is reported at the label counts
                 out.update(labelled_statistics(model, data.labelled(), splits))
         if small is not None:
             out.update(self._small(cfg, cell, ctx, data, splits, small, sel, model, setting, tune))
