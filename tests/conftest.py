@@ -7,8 +7,16 @@ import os
 # spin. Four test workers share the cores, and a spinning 2-thread process burns several times its
 # work there (the results are the same).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Figures drawn in full but written as drafts (no layout engine, 30 dpi): about half their time, in this
+# process and every process it starts. test_report.py renders each kind of figure as users get it.
+os.environ.setdefault("AELAB_FIGURES", "draft")
 
 import fcntl  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
@@ -99,3 +107,59 @@ def once_per_session(tmp_path_factory, name: str, build: Callable[[Path], object
             folder.mkdir(exist_ok=True)
             done.write_text(str(build(folder)))
     return Path(done.read_text())
+
+
+def forked(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """What `subprocess.run([python, *argv], capture_output=True, text=True)` gives (exit code, -9 when
+    the child killed itself; stdout; stderr) for `-c SCRIPT ARGS...` or `-m aelab ARGS...`, but the child
+    is forked from this test process: it starts with torch and aelab imported, ~3.5 CPU-s less than a
+    new interpreter. For children that run, fail or kill themselves; a test of the command line as a
+    user types it starts a real interpreter. The child runs one torch thread: OpenMP's pool does not
+    survive a fork, and one thread never touches it."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+                torch.set_num_threads(1)
+                code = _run_argv(list(argv))
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        deadline = time.monotonic() + timeout
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                raise subprocess.TimeoutExpired(argv, timeout)
+            time.sleep(0.02)
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(done[1]),
+                                           out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+
+
+def _run_argv(argv: list[str]) -> int:
+    """argv as the python command line would run it in __main__; its exit status."""
+    try:
+        if argv[0] == "-c":
+            sys.argv = ["-c", *argv[2:]]
+            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+        elif argv[:2] == ["-m", "aelab"]:
+            from aelab.cli import main
+
+            sys.argv = ["aelab", *argv[2:]]
+            main()
+        else:
+            raise ValueError(f"forked() runs -c SCRIPT or -m aelab, not {argv[:2]}")
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    return 0

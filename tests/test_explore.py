@@ -21,6 +21,7 @@ from conftest import require  # noqa: E402
 
 require("bokeh", extra="explore")
 
+from aelab.errors import ConfigError  # noqa: E402
 from aelab.explore.space import CACHE, Space, directions, load_space, slerp  # noqa: E402
 from aelab.models import build_model, model_names  # noqa: E402
 from aelab.runs import train  # noqa: E402
@@ -193,43 +194,24 @@ def test_cli_bad_input_is_one_line_and_exit_2(runs, tmp_path, monkeypatch, capsy
     for folder, fragment in [(tmp_path / "nothing", "not an aelab run folder"), (unfinished, "has no weights")]:
         code, _, err = run_cli(monkeypatch, capsys, "explore", str(folder))  # refused before any server starts
         assert code == 2 and fragment in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    with socket.socket() as busy:  # a real process: were the port free, this would serve until stopped
+    import aelab.explore.server
+    import aelab.explore.space
+
+    def never(*a, **k):
+        raise AssertionError("the port is checked before the codes are computed and before any server")
+
+    with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        taken = subprocess.run(AELAB + ["explore", str(runs["conv"]), "--port", str(port)], capture_output=True,
-                               text=True, timeout=120)
-    assert taken.returncode == 2, taken.stderr
-    assert f"port {port} on 127.0.0.1 is busy" in taken.stderr and "Traceback" not in taken.stderr
-    assert len(taken.stderr.strip().splitlines()) == 1, taken.stderr
-
-
-def test_serves_offline_and_ctrl_c_stops_it_cleanly(runs):
-    ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731  as `aelab explore ... &` does
-    proc = subprocess.Popen(AELAB + ["explore", str(runs["conv"]), "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
-    try:
-        url = None
-        for line in proc.stdout:  # the URL line comes once the server listens
-            found = re.search(r"http://127\.0\.0\.1:\d+/", line)
-            if found:
-                url = found.group(0)
-                break
-        assert url, proc.stderr.read()
-        page = urllib.request.urlopen(url, timeout=30).read().decode()
-        scripts = re.findall(r'<script[^>]*src="([^"]+)"', page)
-        assert scripts and all(s.startswith("/static/") for s in scripts), scripts  # BokehJS from the wheel
-        assert "cdn." not in page
-        for s in scripts:
-            assert urllib.request.urlopen(url.rstrip("/") + s, timeout=30).status == 200
-        png = urllib.request.urlopen(url + "img/3.png", timeout=30).read()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n"
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill() if proc.poll() is None else None
-    assert proc.returncode == 0 and "stopped" in out and "Traceback" not in err, err
+        with monkeypatch.context() as m:
+            m.setattr(aelab.explore.space, "load_space", never)
+            m.setattr(aelab.explore.server, "serve", never)
+            code, _, err = run_cli(monkeypatch, capsys, "explore", str(runs["conv"]), "--port", str(port))
+        assert code == 2 and f"port {port} on 127.0.0.1 is busy" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1, err
+        with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is busy"):  # taken after the check
+            aelab.explore.server.make_server(toy_space(), "t", port)
 
 
 def test_widget_values_from_a_session_are_clamped(runs):
@@ -264,21 +246,34 @@ def test_widget_values_from_a_session_are_clamped(runs):
     assert 'data-from="4" data-to="9"' in ex.morph_div.text
 
 
-def test_answers_only_its_own_host_names(runs):
-    """DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1 sends Host: evil.example:PORT.
-    Every route (page, images, BokehJS) answers 403 to it; 127.0.0.1, localhost and --allow-host names work."""
+def test_serves_offline_answers_only_its_own_host_names_and_stops_on_ctrl_c(runs, monkeypatch, capsys):
+    """One real server (started with SIGINT ignored, as `aelab explore ... &` does): BokehJS comes from the
+    wheel, not a CDN. DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1 sends
+    Host: evil.example:PORT; every route (page, images, BokehJS) answers 403 to it, while 127.0.0.1,
+    localhost and --allow-host names work. Ctrl-C still stops it cleanly."""
     import urllib.error
 
+    from test_cli import run_cli
+
+    ignore = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
     proc = subprocess.Popen(AELAB + ["explore", str(runs["conv"]), "--port", "0", "--allow-host", "MyBox.test"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
     try:
         url = None
-        for line in proc.stdout:
+        for line in proc.stdout:  # the URL line comes once the server listens
             found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
             if found:
                 url, port = found.group(0), int(found.group(1))
                 break
         assert url, proc.stderr.read()
+        page = urllib.request.urlopen(url, timeout=30).read().decode()
+        scripts = re.findall(r'<script[^>]*src="([^"]+)"', page)
+        assert scripts and all(s.startswith("/static/") for s in scripts), scripts  # BokehJS from the wheel
+        assert "cdn." not in page
+        for s in scripts:
+            assert urllib.request.urlopen(url.rstrip("/") + s, timeout=30).status == 200
+        png = urllib.request.urlopen(url + "img/3.png", timeout=30).read()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
         def status(path: str, host: str) -> int:
             req = urllib.request.Request(url.rstrip("/") + path, headers={"Host": host})
@@ -293,9 +288,17 @@ def test_answers_only_its_own_host_names(runs):
             assert status(path, f"mybox.test:{port}") == 200, path
             assert status(path, f"evil.example:{port}") == 403, path
             assert status(path, f"localhost:{port + 1}") == 403, path  # another port: another origin
-    finally:
+        time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=30)
-    bad = subprocess.run(AELAB + ["explore", str(runs["conv"]), "--allow-host", "a/b"], capture_output=True,
-                         text=True, timeout=120)
-    assert bad.returncode == 2 and "--allow-host" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    assert proc.returncode == 0 and "stopped" in out and "Traceback" not in err, err
+    import aelab.explore.server
+
+    def never(*a, **k):  # the bad name must stop it before any server starts
+        raise AssertionError("a server started")
+
+    monkeypatch.setattr(aelab.explore.server, "serve", never)
+    code, _, err = run_cli(monkeypatch, capsys, "explore", str(runs["conv"]), "--allow-host", "a/b")
+    assert code == 2 and "--allow-host" in err and len(err.strip().splitlines()) == 1

@@ -9,7 +9,6 @@ import json
 import os
 import pickle
 import signal
-import subprocess
 import sys
 import textwrap
 
@@ -62,9 +61,10 @@ CHILD = textwrap.dedent("""
 
 
 def aelab(*args, script=None, timeout=300):
-    cmd = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "aelab", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    """`python -c script *args` or `aelab *args` in a child process (forked: torch is already imported)."""
+    from conftest import forked
+
+    return forked(*(["-c", script] if script else ["-m", "aelab"]), *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

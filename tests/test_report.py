@@ -37,12 +37,42 @@ def _images(n: int, channels: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, channels, 8, 8), dtype=np.float32)  # (N, C, H, W)
 
 
+@pytest.fixture(autouse=True)
+def full_figures(monkeypatch):
+    """The figures as users get them: conftest makes every other test write drafts."""
+    monkeypatch.delenv("AELAB_FIGURES", raising=False)
+
+
 def _saves_png(fig, path: Path) -> None:
     from matplotlib.figure import Figure  # here: collection in every test worker never imports matplotlib
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
 
     assert isinstance(fig, Figure)
+    width, height = fig.get_size_inches()
     out = save(fig, path)
     assert out == path and path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 1000
+    assert np.allclose(Image.open(path).size, (width * 100, height * 100), atol=1)  # 100 dpi
+    assert isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
+
+
+def test_draft_figures_skip_the_layout_engine_and_write_30_dpi(tmp_path: Path, monkeypatch) -> None:
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    monkeypatch.setenv("AELAB_FIGURES", "draft")
+    fig = loss_curves(HISTORY)
+    width, height = fig.get_size_inches()
+    save(fig, tmp_path / "draft.png")
+    assert np.allclose(Image.open(tmp_path / "draft.png").size, (width * 30, height * 30), atol=1)
+    assert not isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
+
+
+def test_a_mistyped_figure_mode_is_one_line_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
+    from test_cli import run_cli
+
+    monkeypatch.setenv("AELAB_FIGURES", "drafts")
+    code, _, err = run_cli(monkeypatch, capsys, "train", f"out_dir={tmp_path}")
+    assert code == 2 and "AELAB_FIGURES='drafts'" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # refused before any run folder was made
 
 
 # ----------------------------------------------------------------------------- plots

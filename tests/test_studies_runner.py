@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import once_per_session
+from conftest import forked, once_per_session
 
 from aelab.cli import main
 from aelab.errors import CheckpointError, ConfigError
@@ -66,8 +66,7 @@ CHILD = textwrap.dedent("""
 
 def _killed_run(tmp_path: Path, where: str, n: int) -> Path:
     args = ["memorization", *TINY, "workers=1", f"out_dir={tmp_path}", "name=m"]
-    proc = subprocess.run([sys.executable, "-c", CHILD, where, str(n), *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    proc = forked("-c", CHILD, where, str(n), *args)  # torch already imported: no interpreter start
     assert proc.returncode == -9, proc.stderr[-2000:]
     return tmp_path / "m"
 

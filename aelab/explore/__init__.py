@@ -33,10 +33,11 @@ def explore(run_dir: str | Path, port: int = 5006, points: int = 10_000, maps: l
         import bokeh  # noqa: F401
     except ImportError:
         raise ConfigError("aelab explore needs the explore extra: pip install 'aelab[explore]'") from None
-    from .server import allowed_hosts, serve
+    from .server import allowed_hosts, check_port, serve
     from .space import CACHE, load_space
 
-    allowed_hosts(port, list(allow_hosts))  # a bad --allow-host fails before the codes are computed
+    allowed_hosts(port, list(allow_hosts))  # a bad --allow-host or a busy port fails before the codes are computed
+    check_port(port)
 
     t0 = time.perf_counter()
     space, computed = load_space(run_dir, points, maps)

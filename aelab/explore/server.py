@@ -82,6 +82,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_port(port: int) -> None:
+    """A ConfigError now if 127.0.0.1:`port` cannot be listened on, rather than after the codes are computed
+    (SO_REUSEADDR, as the server's own socket: a port in TIME_WAIT is free)."""
+    if not port:
+        return
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+            s.listen()
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise ConfigError(_busy(port)) from None
+            raise
+
+
+def _busy(port: int) -> str:
+    return f"port {port} on {HOST} is busy or not allowed: choose another with --port N (--port 0 picks a free one)"
+
+
 def make_server(space: Space, title: str, port: int, allow_hosts: list[str] = ()) -> Server:
     """A started-but-not-running Bokeh server for `space` on 127.0.0.1:`port` (0 = any free port),
     answering only requests addressed to `allowed_hosts(port, allow_hosts)`."""
@@ -93,8 +113,7 @@ def make_server(space: Space, title: str, port: int, allow_hosts: list[str] = ()
                         extra_patterns=[(r"/img/(\d+)\.png", ImageHandler, {"space": space})])
     except OSError as e:
         if e.errno in (errno.EADDRINUSE, errno.EACCES):
-            raise ConfigError(f"port {port} on {HOST} is busy or not allowed: choose another with --port N "
-                              "(--port 0 picks a free one)") from None
+            raise ConfigError(_busy(port)) from None
         raise
     restrict_hosts(server, hosts)
     server.start()
