@@ -13,7 +13,6 @@ from pathlib import Path
 import click
 
 from .errors import AelabError
-from .report.plots import check_figure_mode
 
 
 def _split_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
@@ -301,6 +300,8 @@ def demo(out: str) -> None:
 
 
 def main() -> None:
+    from .report.plots import check_figure_mode
+
     try:
         check_figure_mode()  # a mistyped AELAB_FIGURES fails now, not after hours of training
         cli.main(standalone_mode=False)
