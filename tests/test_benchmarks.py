@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -126,3 +127,12 @@ def test_roofline_verdict_judges_ladder_full_at_two_threads():
     rows[1][4] = 0.41
     assert bench_roofline.verdict(rows, 2).endswith("missed.")
     assert "not judged here" in bench_roofline.verdict(rows, 1)
+
+
+def test_machine_busy_seconds_count_the_cpu_a_process_burns():
+    import bench_tests
+
+    before, t0 = bench_tests.busy_seconds(), time.process_time()
+    while time.process_time() - t0 < 0.3:  # 0.3 s of this process's CPU
+        pass
+    assert bench_tests.busy_seconds() - before >= 0.25  # the machine's counter saw it (ticks of 10 ms)

@@ -341,8 +341,8 @@ def save(fig: Figure, path: str | Path) -> Path:
     Every figure here has constrained layout, which already fits labels and titles inside it; a "tight"
     bounding box would draw it twice. zlib level 1: half the encoding time, files ~20% larger.
     AELAB_FIGURES=draft (the test suite sets it) draws every artist as usual but skips the layout
-    engine and writes 30 dpi: 30-45% less time for a figure with axes (a scratch timing of the loss curves
-    and a scatter), for runs where no one looks at the figures."""
+    engine and writes 30 dpi, for runs where no one looks at the figures (the layout engine is a large part
+    of a figure with axes: it measures every tick label before the figure is drawn)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dpi = 100
